@@ -1,0 +1,464 @@
+"""The recipe: one YAML file describing a whole run, validated up front.
+
+Every field carries a one-line description. Unknown keys are errors (a typo must not be silently
+ignored); errors name the key path, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+K, M, B = 2**10, 2**20, 2**30
+_SUFFIXES = {"": 1, "K": K, "M": M, "B": B, "G": B}
+
+
+def parse_count(value: Any) -> Any:
+    """Read token counts such as 65536, "64K", "4M", "20B" (K = 2^10, M = 2^20, B = 2^30)."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMBG]?)\s*", value.upper())
+        if not match:
+            raise ValueError(f"expected a token count like 65536, '64K', '4M' or '20B', got {value!r}")
+        number, suffix = match.groups()
+        scaled = float(number) * _SUFFIXES[suffix]
+        if scaled != int(scaled):
+            raise ValueError(f"{value!r} is not a whole number of tokens")
+        return int(scaled)
+    return value
+
+
+TokenCount = Annotated[int, BeforeValidator(parse_count), Field(gt=0)]
+
+
+def format_count(n: int | float) -> str:
+    """Human form of a token count: 4194304 -> '4M', 65536 -> '64K', 20971520000 -> '19.5B'."""
+    for suffix, size in (("B", B), ("M", M), ("K", K)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f}{suffix}" if value == int(value) else f"{value:.3g}{suffix}"
+    return str(int(n))
+
+
+class Strict(BaseModel):
+    """Base for every recipe section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- model
+class TinyModel(Strict):
+    """A randomly initialised model built from a small config (demos and tests; no download)."""
+
+    architecture: Literal["llama", "qwen2", "mistral"] = Field("llama", description="HF model family")
+    hidden_size: int = Field(64, gt=0, description="width of the residual stream")
+    intermediate_size: int = Field(172, gt=0, description="width of the MLP")
+    num_hidden_layers: int = Field(2, gt=0, description="decoder layers")
+    num_attention_heads: int = Field(4, gt=0, description="query heads")
+    num_key_value_heads: int = Field(2, gt=0, description="key/value heads (grouped-query attention)")
+    max_position_embeddings: int = Field(512, gt=0, description="original context length")
+    rope_theta: float = Field(10000.0, gt=0, description="original RoPE base frequency")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModel:
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} must be a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} must be a multiple of num_attention_heads="
+                f"{self.num_attention_heads}"
+            )
+        return self
+
+
+class ModelSpec(Strict):
+    """The model to extend: a local Hugging Face checkpoint directory, or a tiny config to initialise."""
+
+    path: str | None = Field(None, description="local HF checkpoint directory (safetensors)")
+    init: TinyModel | None = Field(None, description="build a random model from this config instead")
+    dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="parameter/compute dtype on GPU")
+    trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.init is None):
+            raise ValueError("give exactly one of 'path' (a local checkpoint) or 'init' (a tiny config)")
+        return self
+
+
+class TokenizerSpec(Strict):
+    """Tokenizer: the model's own by default, or one trained locally for demos."""
+
+    path: str | None = Field(None, description="local tokenizer directory; default: the model path")
+    train_vocab_size: int | None = Field(
+        None, gt=255, description="train a byte-level BPE of this size on the recipe's data (demos)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- data
+class SourceSpec(Strict):
+    """One raw corpus, read as a stream."""
+
+    type: Literal["jsonl", "parquet", "hf_disk", "text_dir", "code_repos"] = Field(
+        description="jsonl (.jsonl/.gz/.zst), parquet, a dataset saved with save_to_disk, a directory "
+        "of text files, or a directory whose subdirectories are code repositories"
+    )
+    path: str = Field(description="file, glob or directory")
+    text_field: str = Field("text", description="field holding the document text")
+    group_field: str | None = Field(
+        None,
+        description="rows sharing this value form one document (repository for Stack-style rows; "
+        "book or subject for textbooks)",
+    )
+    name_field: str | None = Field(None, description="per-row name written before its text in a group")
+    messages_field: str = Field("messages", description="field holding chat messages (sft domains)")
+    max_documents: int | None = Field(None, gt=0, description="stop after this many documents")
+
+
+class LengthSampling(Strict):
+    """UltraLong's length-based sampling within a domain."""
+
+    threshold: TokenCount = Field(description="documents at least this long count as long")
+    long_factor: float = Field(2.0, ge=0, description="sampling weight of documents above the threshold")
+    short_factor: float = Field(0.5, ge=0, description="sampling weight of documents below it")
+
+
+class DomainSpec(Strict):
+    """A named data domain; its kind decides how it is packed."""
+
+    name: str = Field(description="domain name used by stage mixtures")
+    kind: Literal["long", "short", "sft"] = Field(
+        description="long: single-document chunks of exactly the length; short: concatenated with "
+        "carry-over; sft: chat conversations packed whole, assistant-only loss"
+    )
+    sources: list[SourceSpec] = Field(min_length=1, description="raw corpora of this domain")
+    length_sampling: LengthSampling | None = Field(None, description="UltraLong length-based sampling")
+
+
+class DataSpec(Strict):
+    """Raw domains and where their packed shards go."""
+
+    shard_dir: str = Field("data", description="directory of packed shards (per stage, domain, length)")
+    domains: list[DomainSpec] = Field(min_length=1, description="the data domains")
+    num_workers: int | None = Field(None, ge=1, description="tokenizer processes; default: all cores")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DataSpec:
+        names = [d.name for d in self.domains]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"domain names must be unique; repeated: {duplicates}")
+        return self
+
+
+# -------------------------------------------------------------------------------------------- stages
+class YarnSpec(Strict):
+    """YaRN scaling written to the standard `rope_scaling` config."""
+
+    factor: float = Field(gt=1, description="target length / original length")
+    original_max_position_embeddings: int = Field(gt=0, description="length the model was trained at")
+    beta_fast: float = Field(32.0, gt=0, description="YaRN beta_fast")
+    beta_slow: float = Field(1.0, gt=0, description="YaRN beta_slow")
+
+
+class RopeSpec(Strict):
+    """Position extrapolation for a stage: a new RoPE base (ProLong) or YaRN (UltraLong)."""
+
+    theta: float | None = Field(None, gt=0, description="new RoPE base frequency")
+    yarn: YarnSpec | None = Field(None, description="YaRN scaling instead of a theta change")
+
+    @model_validator(mode="after")
+    def _one_method(self) -> RopeSpec:
+        if (self.theta is None) == (self.yarn is None):
+            raise ValueError("give exactly one of 'theta' or 'yarn'")
+        return self
+
+
+class MixtureEntry(Strict):
+    """One component of a stage's mixture: a domain, optionally one length subset of it."""
+
+    domain: str = Field(description="name of a domain in data.domains")
+    proportion: float = Field(gt=0, le=1, description="share of the stage's tokens")
+    doc_len: TokenCount | None = Field(
+        None,
+        description="length subset: long documents cut to chunks of this length and packed into "
+        "stage-length sequences (default: the stage length)",
+    )
+
+
+class StageSpec(Strict):
+    """One training stage: continued pretraining at a length, or SFT."""
+
+    name: str = Field(description="stage name; its outputs go to output_dir/<name>")
+    kind: Literal["pretrain", "sft"] = Field("pretrain", description="continued pretraining or SFT")
+    seq_len: TokenCount = Field(description="tokens per packed sequence (one micro-batch)")
+    tokens_per_step: TokenCount = Field(description="tokens per optimizer step (global batch)")
+    steps: int | None = Field(None, gt=0, description="optimizer steps (or give total_tokens)")
+    total_tokens: TokenCount | None = Field(None, description="tokens of the stage (or give steps)")
+    lr: float = Field(gt=0, description="peak learning rate")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warmup")
+    min_lr: float = Field(ge=0, description="learning rate at the end of the cosine decay")
+    rope: RopeSpec | None = Field(None, description="position extrapolation; none keeps the model's")
+    attention: Literal["document", "cross_document"] = Field(
+        "document", description="document: no attention across documents; cross_document: plain causal"
+    )
+    sequence_parallel: int = Field(1, ge=1, description="Ulysses sequence-parallel degree")
+    activation_checkpointing: bool = Field(True, description="recompute each decoder layer in backward")
+    init_from: str = Field(
+        "previous",
+        description="'previous' (the previous stage, or the model for the first stage), or the "
+        "directory of a finished stage",
+    )
+    carry_optimizer_state: bool = Field(False, description="start from the init stage's AdamW state")
+    mixture: list[MixtureEntry] = Field(min_length=1, description="domains and their token shares")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StageSpec:
+        if (self.steps is None) == (self.total_tokens is None):
+            raise ValueError("give exactly one of 'steps' or 'total_tokens'")
+        if self.tokens_per_step % self.seq_len:
+            raise ValueError(
+                f"tokens_per_step={self.tokens_per_step} must be a multiple of seq_len={self.seq_len}"
+            )
+        if self.total_tokens is not None and self.total_tokens < self.tokens_per_step:
+            raise ValueError(f"total_tokens={self.total_tokens} is less than one step")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr={self.min_lr} is above lr={self.lr}")
+        total = math.fsum(e.proportion for e in self.mixture)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"mixture proportions must sum to 1, they sum to {total:.6f}")
+        for entry in self.mixture:
+            if entry.doc_len is not None and (entry.doc_len > self.seq_len or self.seq_len % entry.doc_len):
+                raise ValueError(
+                    f"mixture entry {entry.domain!r}: doc_len={entry.doc_len} must divide seq_len={self.seq_len}"
+                )
+        keys = [(e.domain, e.doc_len or self.seq_len) for e in self.mixture]
+        if len(set(keys)) != len(keys):
+            raise ValueError("each (domain, doc_len) may appear only once in a mixture")
+        return self
+
+    @property
+    def num_steps(self) -> int:
+        """Optimizer steps of the stage."""
+        if self.steps is not None:
+            return self.steps
+        return self.total_tokens // self.tokens_per_step
+
+    @property
+    def sequences_per_step(self) -> int:
+        """Packed sequences (micro-batches of one sequence) per optimizer step."""
+        return self.tokens_per_step // self.seq_len
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens actually trained on in the stage."""
+        return self.num_steps * self.tokens_per_step
+
+
+class OptimizerSpec(Strict):
+    """AdamW, as ProLong: no weight decay on norms and biases."""
+
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW beta1, beta2")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    weight_decay: float = Field(0.1, ge=0, description="decoupled weight decay (not on norms/biases)")
+    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
+
+
+class TrainingSpec(Strict):
+    """How the loop runs: checkpoints, logging, guards, loss chunking."""
+
+    checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
+    log_every: int = Field(1, gt=0, description="steps between metric lines")
+    loss_chunk_tokens: int = Field(2048, gt=0, description="cross-entropy block size (never full logits)")
+    max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row that stop the run")
+    reorder_microbatches: bool = Field(True, description="ProLong's minibatch reordering by attention cost")
+    attention_backend: Literal["auto", "varlen", "flash_attn", "sdpa_per_doc"] = Field(
+        "auto", description="document-attention kernel; auto picks the fastest available"
+    )
+
+
+class EvalSpec(Strict):
+    """Long-context evaluation (HELMET/RULER protocol)."""
+
+    tasks: list[str] = Field(["recall"], description="task names or categories (recall, rag, icl, ...)")
+    lengths: list[TokenCount] = Field([8 * K, 16 * K, 32 * K, 64 * K, 128 * K], description="prompt lengths")
+    num_examples: int = Field(100, gt=0, description="examples per task and length")
+    data_dir: str | None = Field(None, description="HELMET data files (rag, rerank, icl, qa, summ)")
+    every_n_steps: int | None = Field(None, gt=0, description="run a small suite during training")
+
+
+class Recipe(Strict):
+    """A whole run: model, data, stages, optimizer, evaluation."""
+
+    name: str = Field(description="recipe name")
+    description: str = Field("", description="what this recipe is for")
+    seed: int = Field(42, description="seed for data order, initialisation and sampling")
+    output_dir: str = Field(description="run directory: checkpoints, exports, metrics, plots")
+    model: ModelSpec
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    data: DataSpec
+    stages: list[StageSpec] = Field(min_length=1, description="stages in order (SFT last)")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+    @model_validator(mode="after")
+    def _references(self) -> Recipe:
+        domains = {d.name: d for d in self.data.domains}
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique: {names}")
+        for i, stage in enumerate(self.stages):
+            for j, entry in enumerate(stage.mixture):
+                if entry.domain not in domains:
+                    raise ValueError(
+                        f"stages.{i}.mixture.{j}.domain: unknown domain {entry.domain!r}; "
+                        f"defined domains: {sorted(domains)}"
+                    )
+                kind = domains[entry.domain].kind
+                if (kind == "sft") != (stage.kind == "sft"):
+                    raise ValueError(
+                        f"stages.{i}.mixture.{j}: domain {entry.domain!r} of kind {kind!r} "
+                        f"cannot be used in a {stage.kind!r} stage"
+                    )
+                if entry.doc_len is not None and kind != "long":
+                    raise ValueError(f"stages.{i}.mixture.{j}: doc_len applies to long domains only")
+            if stage.carry_optimizer_state and i == 0 and stage.init_from == "previous":
+                raise ValueError(
+                    f"stages.{i}.carry_optimizer_state: the first stage has no previous optimizer "
+                    "state; set init_from to a finished stage directory"
+                )
+            if self.model.init is not None:
+                heads = self.model.init.num_attention_heads
+                if heads % stage.sequence_parallel:
+                    raise ValueError(
+                        f"stages.{i}.sequence_parallel={stage.sequence_parallel} must divide the "
+                        f"model's num_attention_heads={heads}"
+                    )
+        if self.model.init is not None and self.tokenizer.path is None and self.tokenizer.train_vocab_size is None:
+            raise ValueError("a tiny model needs a tokenizer: set tokenizer.path or tokenizer.train_vocab_size")
+        return self
+
+    def stage(self, name: str | None) -> StageSpec:
+        """The stage called `name` (the first when None); the error lists the stage names."""
+        if name is None:
+            return self.stages[0]
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise RecipeError(f"no stage {name!r} in recipe {self.name!r}; stages: {[s.name for s in self.stages]}")
+
+    def domain(self, name: str) -> DomainSpec:
+        """The data domain called `name`."""
+        return next(d for d in self.data.domains if d.name == name)
+
+
+# ---------------------------------------------------------------------------------------- loading
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message says where and why."""
+
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    """A file path, or the name of a shipped recipe (e.g. 'prolong-8b-64k')."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = RECIPES_DIR / f"{name_or_path}.yaml"
+    if shipped.exists():
+        return shipped
+    available = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    raise RecipeError(f"{name_or_path}: no such file, and not a shipped recipe; shipped: {available}")
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: {error.error_count()} problem(s) in the recipe"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; allowed keys are in `prolong recipe show --schema`)"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+        value = item.get("input")
+        shown = "" if item["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {where}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def recipe_from_dict(data: Any, source: str = "<recipe>") -> Recipe:
+    """Validate a parsed recipe; errors name the key path and what is allowed."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe is a YAML mapping, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        raise RecipeError(_format_errors(source, error)) from None
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load and validate a recipe file or shipped recipe name."""
+    path = resolve_recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML: {error}") from None
+    return recipe_from_dict(data, str(path))
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the resolved recipe (beside checkpoints and run directories)."""
+    Path(path).write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------ derived numbers
+def derived_numbers(recipe: Recipe, world_size: int) -> list[dict[str, Any]]:
+    """Per stage: steps, sequences per step, data-parallel size, gradient accumulation, tokens.
+
+    A micro-batch is one packed sequence per data-parallel rank; sequence-parallel ranks share it.
+    """
+    rows = []
+    for stage in recipe.stages:
+        if world_size % stage.sequence_parallel:
+            raise RecipeError(
+                f"stage {stage.name!r}: sequence_parallel={stage.sequence_parallel} does not divide "
+                f"world size {world_size}"
+            )
+        dp = world_size // stage.sequence_parallel
+        per_step = stage.sequences_per_step
+        if per_step % dp:
+            raise RecipeError(
+                f"stage {stage.name!r}: {per_step} sequences per step cannot be split evenly over "
+                f"{dp} data-parallel ranks (world size {world_size} / sequence_parallel "
+                f"{stage.sequence_parallel}); change tokens_per_step or the world size"
+            )
+        rows.append(
+            {
+                "stage": stage.name,
+                "kind": stage.kind,
+                "seq_len": stage.seq_len,
+                "steps": stage.num_steps,
+                "tokens_per_step": stage.tokens_per_step,
+                "sequences_per_step": per_step,
+                "data_parallel": dp,
+                "sequence_parallel": stage.sequence_parallel,
+                "grad_accumulation": per_step // dp,
+                "warmup_steps": warmup_steps(stage),
+                "tokens": stage.num_tokens,
+            }
+        )
+    return rows
+
+
+def warmup_steps(stage: StageSpec) -> int:
+    """Linear-warmup steps of a stage (at least one when the ratio is positive)."""
+    return max(1, round(stage.warmup_ratio * stage.num_steps)) if stage.warmup_ratio > 0 else 0
