@@ -428,24 +428,42 @@ def _format_errors(source: str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def recipe_from_dict(data: Any, source: str = "<recipe>") -> Recipe:
-    """Validate a parsed recipe; errors name the key path and what is allowed."""
+def _substitute_output_dir(value: Any, output_dir: str) -> Any:
+    """Replace "{output_dir}" in every string, so data paths can live inside the run directory."""
+    if isinstance(value, str):
+        return value.replace("{output_dir}", output_dir)
+    if isinstance(value, list):
+        return [_substitute_output_dir(v, output_dir) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute_output_dir(v, output_dir) for k, v in value.items()}
+    return value
+
+
+def recipe_from_dict(data: Any, source: str = "<recipe>", output_dir: str | None = None) -> Recipe:
+    """Validate a parsed recipe; errors name the key path and what is allowed.
+
+    `output_dir` overrides the recipe's; strings containing "{output_dir}" are resolved against it.
+    """
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping, got {type(data).__name__}")
+    if output_dir is not None:
+        data = {**data, "output_dir": output_dir}
+    if isinstance(data.get("output_dir"), str):
+        data = _substitute_output_dir(data, data["output_dir"])
     try:
         return Recipe.model_validate(data)
     except ValidationError as error:
         raise RecipeError(_format_errors(source, error)) from None
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
-    """Load and validate a recipe file or shipped recipe name."""
+def load_recipe(name_or_path: str | Path, output_dir: str | None = None) -> Recipe:
+    """Load and validate a recipe file or shipped recipe name (optionally in another run directory)."""
     path = resolve_recipe_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML: {error}") from None
-    return recipe_from_dict(data, str(path))
+    return recipe_from_dict(data, str(path), output_dir)
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

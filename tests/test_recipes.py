@@ -167,3 +167,11 @@ def test_cli_show_prints_paper_numbers():
     assert result.returncode == 0, result.stderr
     line = next(l for l in result.stdout.splitlines() if l.strip().startswith("stage1-64k"))
     assert line.split()[1:5] == ["64K", "5,000", "4M", "64"]
+
+
+def test_output_dir_placeholder_and_override():
+    data = _raw("prolong-8b-sft")
+    data["data"]["domains"][0]["sources"][0]["path"] = "{output_dir}/corpus/chat.jsonl"
+    recipe = recipe_from_dict(data, output_dir="/tmp/run7")
+    assert recipe.output_dir == "/tmp/run7"
+    assert recipe.data.domains[0].sources[0].path == "/tmp/run7/corpus/chat.jsonl"
