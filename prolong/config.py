@@ -305,21 +305,46 @@ class SynthSpec(Strict):
     generator: str | None = Field(None, description="local HF instruct checkpoint directory")
     endpoint: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     endpoint_model: str | None = Field(None, description="model name sent to the endpoint")
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the endpoint's API key (none: no key sent)"
+    )
     num_examples: int = Field(1000, gt=0, description="examples to generate in all")
     task_shares: dict[Literal["qa", "rag", "summ"], float] = Field(
         {"qa": 0.4, "rag": 0.3, "summ": 0.3}, description="share of examples per task (paper: 40/30/30)"
     )
+    seed: int | None = Field(None, description="seed of chunk, template and passage sampling; default: recipe seed")
     max_doc_tokens: TokenCount = Field(32 * K, description="documents are cut to this many tokens")
+    min_doc_tokens: TokenCount = Field(8 * K, description="shorter documents are not used")
+    max_source_documents: int = Field(
+        1000, gt=0, description="documents read from the source domains (the pool examples draw from)"
+    )
     chunk_tokens: TokenCount = Field(1024, description="chunk length for QA snippets, RAG passages and summaries")
+    rag_passages: int | None = Field(
+        None, gt=0, description="passages in a RAG context, gold included; default: every chunk of the document"
+    )
     max_new_tokens: int = Field(512, gt=0, description="generation budget per model call")
+    max_retries: int = Field(5, ge=0, description="endpoint retries (exponential backoff) before giving up")
+    request_timeout_s: float = Field(600.0, gt=0, description="endpoint timeout per request, seconds")
 
     @model_validator(mode="after")
     def _one_generator(self) -> SynthSpec:
         if (self.generator is None) == (self.endpoint is None):
             raise ValueError("give exactly one of 'generator' (a local model) or 'endpoint' (an API)")
+        if self.endpoint is not None and not self.endpoint_model:
+            raise ValueError("'endpoint' needs 'endpoint_model' (the model name the server serves)")
+        if self.endpoint is None and (self.endpoint_model is not None or self.api_key_env is not None):
+            raise ValueError("'endpoint_model' and 'api_key_env' apply only with 'endpoint'")
+        negative = {task: share for task, share in self.task_shares.items() if share < 0}
+        if negative:
+            raise ValueError(f"task_shares must not be negative: {negative}")
         total = math.fsum(self.task_shares.values())
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"task_shares must sum to 1, they sum to {total:.6f}")
+        if not self.chunk_tokens <= self.min_doc_tokens <= self.max_doc_tokens:
+            raise ValueError(
+                f"need chunk_tokens ({self.chunk_tokens}) <= min_doc_tokens ({self.min_doc_tokens}) "
+                f"<= max_doc_tokens ({self.max_doc_tokens})"
+            )
         return self
 
 

@@ -1,0 +1,173 @@
+"""Build a recipe stage's shards: read sources, tokenize (cached per domain), pack, write atomically.
+
+Resumable: a finished shard whose build key (sources, tokenizer, lengths, seed, mode) matches is
+skipped, and the tokenized corpus of a domain is reused by every stage and length subset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from prolong.config import DomainSpec, Recipe, StageSpec
+from prolong.data.format import ShardReader, is_complete
+from prolong.data.mixture import shard_path
+from prolong.data.pack import (
+    assign_length_subsets,
+    length_sampling_repeats,
+    plan_concatenated,
+    plan_long,
+    plan_sft,
+    shuffled_order,
+    write_shard,
+)
+from prolong.data.sources import DocumentStream, stable_seed
+from prolong.data.tokenize import TokenizedDocs, load_tokenizer, tokenize_documents, tokenizer_identity
+
+TOKENIZER_TRAIN_CHARS = 32 << 20  # text a demo tokenizer is trained on, split over the domains
+
+
+def _key(*parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolve_tokenizer(recipe: Recipe, show_progress: bool = True) -> str:
+    """The tokenizer directory of a recipe: tokenizer.path, a trained one, or the model's own.
+
+    With `tokenizer.train_vocab_size`, a byte-level BPE is trained on the recipe's own sources into
+    <output_dir>/tokenizer (reused when present).
+    """
+    spec = recipe.tokenizer
+    if spec.path is not None:
+        return spec.path
+    if spec.train_vocab_size is not None:
+        out = Path(recipe.output_dir) / "tokenizer"
+        if not (out / "tokenizer.json").exists():
+            from prolong.data.tokenizer_train import train_tokenizer
+
+            if show_progress:
+                Console(stderr=True).print(f"training a {spec.train_vocab_size}-token BPE tokenizer into {out}")
+            train_tokenizer(recipe_texts(recipe), out, spec.train_vocab_size, name=f"{recipe.name}-bpe")
+        return str(out)
+    if recipe.model.path is None:
+        raise ValueError("recipe has neither tokenizer.path, tokenizer.train_vocab_size nor model.path")
+    return recipe.model.path
+
+
+def recipe_texts(recipe: Recipe, max_chars: int = TOKENIZER_TRAIN_CHARS) -> Iterator[str]:
+    """Text of the recipe's domains for tokenizer training, an equal share of `max_chars` each."""
+    share = max_chars // len(recipe.data.domains)
+    for domain in recipe.data.domains:
+        used = 0
+        for document in DocumentStream(domain.sources, domain.kind, recipe.seed):
+            text = document if isinstance(document, str) else "\n".join(t["content"] for t in document)
+            yield text[: share - used]
+            used += len(text)
+            if used >= share:
+                break
+
+
+def tokenized_domain(recipe: Recipe, domain: DomainSpec, tokenizer_dir: str, identity: dict[str, str], workers: int | None, show_progress: bool) -> TokenizedDocs:
+    """The domain's tokenized corpus, built once and reused (keyed by sources, tokenizer and seed)."""
+    key = _key([s.model_dump() for s in domain.sources], domain.kind, identity["vocab_hash"], recipe.seed)
+    out = Path(recipe.data.shard_dir) / ".tokenized" / f"{domain.name}-{key}"
+    if not (out / "meta.json").is_file():
+        stream = DocumentStream(domain.sources, domain.kind, recipe.seed)
+        tokenize_documents(stream, tokenizer_dir, out, workers, f"tokenizing {domain.name}", show_progress)
+    return TokenizedDocs(out)
+
+
+def build_stage(recipe: Recipe, stage: StageSpec, workers: int | None = None, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Write every shard of `stage`; returns their meta (finished shards are skipped)."""
+    console = Console(stderr=True, quiet=not show_progress)
+    tokenizer_dir = resolve_tokenizer(recipe, show_progress)
+    identity = tokenizer_identity(load_tokenizer(tokenizer_dir))
+    workers = workers or recipe.data.num_workers
+    metas = []
+    for domain_name in dict.fromkeys(e.domain for e in stage.mixture):
+        domain = recipe.domain(domain_name)
+        entries = [e for e in stage.mixture if e.domain == domain_name]
+        doc_lens = [e.doc_len or stage.seq_len for e in entries]
+        targets = [shard_path(recipe.data.shard_dir, stage.name, domain_name, n) for n in doc_lens]
+        key = _key(
+            [s.model_dump() for s in domain.sources], domain.model_dump(), identity, recipe.seed,
+            stage.seq_len, stage.attention, [(e.proportion, n) for e, n in zip(entries, doc_lens)],
+        )
+        if all(is_complete(t) and ShardReader(t).meta.get("build_key") == key for t in targets):
+            console.print(f"[green]done[/] {stage.name}/{domain_name}: {', '.join(t.name for t in targets)}")
+            metas += [ShardReader(t).meta for t in targets]
+            continue
+        docs = tokenized_domain(recipe, domain, tokenizer_dir, identity, workers, show_progress)
+        metas += _pack_domain(recipe, stage, domain, docs, doc_lens, [e.proportion for e in entries], targets, identity, key, tokenizer_dir)
+        for meta in metas[-len(targets):]:
+            console.print(
+                f"[green]wrote[/] {stage.name}/{meta['domain']}@{meta['doc_len']}: "
+                f"{meta['num_sequences']:,} sequences, {meta['num_tokens']:,} tokens"
+            )
+        docs.close()
+    return metas
+
+
+def _pack_domain(
+    recipe: Recipe, stage: StageSpec, domain: DomainSpec, docs: TokenizedDocs, doc_lens: list[int],
+    proportions: list[float], targets: list[Path], identity: dict[str, str], key: str, tokenizer_dir: str,
+) -> list[dict[str, Any]]:
+    """Pack one domain into its length subsets (one shard each)."""
+    seed = stable_seed(recipe.seed, stage.name, domain.name)
+    lengths = docs.lengths
+    cross = stage.attention == "cross_document"
+    single_doc_chunks = domain.kind == "long" and not cross
+    if single_doc_chunks:
+        subsets = assign_length_subsets(lengths, doc_lens, proportions, seed)
+    elif len(doc_lens) > 1:  # cross_document: subsets still get distinct documents, by token share
+        subsets = assign_length_subsets(lengths, [1] * len(doc_lens), proportions, seed)
+    else:
+        subsets = np.zeros(len(lengths), dtype=np.int64)
+    sampling = domain.length_sampling
+    repeats = (
+        length_sampling_repeats(lengths, sampling.threshold, sampling.long_factor, sampling.short_factor, seed)
+        if sampling is not None
+        else None
+    )
+    counts = docs.meta["counts"]
+    metas = []
+    for j, (doc_len, target) in enumerate(zip(doc_lens, targets)):
+        selected = np.nonzero(subsets == j)[0]
+        order = shuffled_order(selected, repeats, stable_seed(seed, doc_len))
+        if single_doc_chunks:
+            plan = plan_long(order, lengths, stage.seq_len, doc_len, stable_seed(seed, doc_len, "long"))
+            skipped = int((subsets < 0).sum())
+        elif domain.kind == "sft":
+            plan = plan_sft(order, lengths, stage.seq_len)
+            skipped = int((lengths[selected] > stage.seq_len).sum())
+        else:
+            plan = plan_concatenated(order, lengths, stage.seq_len)
+            skipped = 0
+        meta = {
+            "tokenizer": identity,
+            "tokenizer_path": str(Path(tokenizer_dir).resolve()),
+            "stage": stage.name,
+            "domain": domain.name,
+            "kind": domain.kind,
+            "attention": stage.attention,
+            "seq_len": stage.seq_len,
+            "doc_len": doc_len,
+            "seed": recipe.seed,
+            "build_key": key,
+            "source_documents": counts["documents"],
+            "subset_documents": int(len(selected)),
+            "skipped_documents": skipped,
+            "empty_documents": counts["empty"],
+            "non_utf8_documents": counts["non_utf8"],
+            "bos_id": docs.meta["bos_id"],
+            "eos_id": docs.meta["eos_id"],
+        }
+        metas.append(write_shard(docs, plan, target, meta, with_mask=domain.kind == "sft"))
+    return metas

@@ -1,0 +1,66 @@
+"""Chat conversations rendered with the tokenizer's own template, with an assistant-only loss mask.
+
+The mask comes from the template itself: the text an assistant turn adds is the difference between
+rendering the conversation up to that turn and rendering the prefix before it with the generation
+prompt. Tokens whose first character falls in such a span are trained on. This works for any
+template that renders prefixes consistently (Llama-3, Qwen2, Mistral, ours), without needing
+`{% generation %}` markers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from prolong.errors import UserError
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def check_messages(messages: Any, where: str) -> list[dict[str, str]]:
+    """Validate a conversation: a list of {role, content} with string content."""
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where}: messages must be a non-empty list of {{role, content}}, got {type(messages).__name__}")
+    for turn in messages:
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            fields = sorted(turn) if isinstance(turn, dict) else type(turn).__name__
+            raise UserError(f"{where}: each message needs 'role' and 'content'; found {fields}")
+    return [{"role": str(t["role"]), "content": str(t["content"])} for t in messages]
+
+
+def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans the assistant turns add to it."""
+    text = _render(tokenizer, messages, generation_prompt=False)
+    spans = []
+    for i, turn in enumerate(messages):
+        if turn["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], generation_prompt=True) if i else ""
+        upto = _render(tokenizer, messages[: i + 1], generation_prompt=False)
+        if not (text.startswith(upto) and upto.startswith(before)):
+            raise UserError(
+                "the tokenizer's chat template does not render conversation prefixes consistently, "
+                "so the assistant tokens cannot be found; use a template whose output for the first "
+                "k turns is a prefix of its output for all turns"
+            )
+        if i == 0:
+            # No prefix to diff against: the turn starts after its role header, i.e. where its content is.
+            start = upto.rfind(turn["content"])
+            before = upto[: max(start, 0)]
+        spans.append((len(before), len(upto)))
+    return text, spans
+
+
+def render_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and the assistant-only loss mask (bool) of one conversation."""
+    text, spans = assistant_spans(tokenizer, messages)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = np.asarray(encoded["input_ids"], dtype=np.uint32)
+    starts = np.asarray([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
+    mask = np.zeros(len(ids), dtype=bool)
+    for lo, hi in spans:
+        mask |= (starts >= lo) & (starts < hi)
+    return ids, mask

@@ -1,0 +1,307 @@
+"""Raw corpora read as streams of documents (never the whole corpus in memory).
+
+A document is a string (pretraining domains) or a list of {role, content} messages (sft domains).
+Readers: JSONL (.jsonl, .jsonl.gz, .jsonl.zst), Parquet (one row group at a time), Hugging Face
+datasets saved with `save_to_disk`, directories of text files, directories of code repositories.
+Rows sharing `group_field` (contiguous, e.g. sorted by repository) become one document: each row
+preceded by its `name_field`, rows in a seeded random order (ProLong: files not ordered by dependency).
+Bad rows stop the build with the file and line; empty and non-UTF-8 documents are counted, not fatal.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from prolong.config import SourceSpec
+from prolong.data.chat import check_messages
+from prolong.errors import UserError
+
+Document = str | list[dict[str, str]]
+# Files a code repository is made of: text files below this size (larger ones are data dumps).
+MAX_REPO_FILE_BYTES = 1 << 20
+
+
+@dataclass
+class SourceCounts:
+    """What a stream saw: documents yielded and documents skipped (and why)."""
+
+    documents: int = 0
+    empty: int = 0
+    non_utf8: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """Plain dict (for meta.json)."""
+        return asdict(self)
+
+
+@dataclass
+class Row:
+    """One raw record and where it came from (for error messages)."""
+
+    fields: dict[str, Any]
+    where: str
+
+
+def stable_seed(*parts: object) -> int:
+    """A 64-bit seed from any printable parts, the same in every process and Python version."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def expand_paths(pattern: str) -> list[Path]:
+    """Files matching a path or glob, sorted (directories for dir sources are returned as is)."""
+    matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    if not matches:
+        raise UserError(f"source path {pattern!r} matches no file (relative paths are from {os.getcwd()})")
+    return [Path(m) for m in matches]
+
+
+class _Progress:
+    """Bytes of the source files consumed so far (for tokens/s and ETA)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.total = 0
+
+
+def open_binary(path: Path) -> tuple[BinaryIO, BinaryIO]:
+    """(decompressed stream, raw file) for .gz/.zst/plain files; the raw file's position tracks progress."""
+    raw = open(path, "rb")
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw), raw
+    if name.endswith(".zst") or name.endswith(".zstd"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)), raw  # type: ignore[arg-type]
+    return raw, raw
+
+
+class DocumentStream:
+    """Documents of a list of sources, in a fixed order; `counts` and `progress` fill as it is read."""
+
+    def __init__(self, sources: list[SourceSpec], kind: str, seed: int = 0) -> None:
+        self.sources = sources
+        self.chat = kind == "sft"
+        self.seed = seed
+        self.counts = SourceCounts()
+        self.progress = _Progress()
+        self._non_utf8_rows = 0
+        for source in sources:
+            for path in expand_paths(source.path):
+                self.progress.total += _size_of(path)
+
+    def __iter__(self) -> Iterator[Document]:
+        for source in self.sources:
+            produced = 0
+            for document in self._documents(source):
+                if source.max_documents is not None and produced >= source.max_documents:
+                    break
+                produced += 1
+                self.counts.documents += 1
+                yield document
+
+    # ------------------------------------------------------------------ rows -> documents
+    def _documents(self, source: SourceSpec) -> Iterator[Document]:
+        if source.type == "text_dir":
+            yield from self._text_dir(source)
+        elif source.type == "code_repos":
+            yield from self._code_repos(source)
+        elif source.group_field is not None:
+            yield from self._grouped(source)
+        else:
+            for row in self._rows(source):
+                document = self._document(row, source)
+                if document is not None:
+                    yield document
+
+    def _document(self, row: Row, source: SourceSpec) -> Document | None:
+        """The document in a row, or None when it is empty or not valid UTF-8 (counted)."""
+        if self.chat:
+            messages = _field(row, source.messages_field)
+            conversation = check_messages(messages, row.where)
+            if not any(t["content"].strip() for t in conversation if t["role"] == "assistant"):
+                self.counts.empty += 1
+                return None
+            return conversation
+        text = _field(row, source.text_field)
+        if not isinstance(text, str):
+            raise UserError(f"{row.where}: field {source.text_field!r} should be text, got {type(text).__name__}")
+        return self._checked_text(text)
+
+    def _checked_text(self, text: str) -> str | None:
+        if not text.strip():
+            self.counts.empty += 1
+            return None
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes
+            self.counts.non_utf8 += 1
+            return None
+        return text
+
+    def _grouped(self, source: SourceSpec) -> Iterator[str]:
+        """Contiguous rows with the same group value joined into one document, in a seeded order."""
+        group_key: Any = None
+        members: list[tuple[str, str]] = []
+        finished: set[Any] = set()
+        for row in self._rows(source):
+            key = _field(row, source.group_field)  # type: ignore[arg-type]
+            if key != group_key:
+                if members:
+                    finished.add(group_key)
+                    document = self._join_group(group_key, members)
+                    if document is not None:
+                        yield document
+                if key in finished:
+                    raise UserError(
+                        f"{row.where}: rows of group {source.group_field}={key!r} are not contiguous; "
+                        f"sort the source by {source.group_field!r} so each group is read in one run"
+                    )
+                group_key, members = key, []
+            text = _field(row, source.text_field)
+            if not isinstance(text, str):
+                raise UserError(f"{row.where}: field {source.text_field!r} should be text, got {type(text).__name__}")
+            name = str(_field(row, source.name_field)) if source.name_field else ""
+            members.append((name, text))
+        if members:
+            document = self._join_group(group_key, members)
+            if document is not None:
+                yield document
+
+    def _join_group(self, key: Any, members: list[tuple[str, str]]) -> str | None:
+        random.Random(stable_seed(self.seed, "group", key)).shuffle(members)
+        parts = [f"{name}\n{text}" if name else text for name, text in members if text.strip()]
+        return self._checked_text("\n\n".join(parts))
+
+    def _text_dir(self, source: SourceSpec) -> Iterator[str]:
+        for root in expand_paths(source.path):
+            files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+            for file in files:
+                text = self._read_text(file)
+                self.progress.done += _size_of(file)
+                if text is not None:
+                    yield text
+
+    def _code_repos(self, source: SourceSpec) -> Iterator[str]:
+        """Each subdirectory is one repository: its files, each preceded by its path, seeded order."""
+        for root in expand_paths(source.path):
+            for repo in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                files = sorted(
+                    p
+                    for p in repo.rglob("*")
+                    if p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(repo).parts)
+                    and p.stat().st_size <= MAX_REPO_FILE_BYTES
+                )
+                members = []
+                for file in files:
+                    text = self._read_text(file, count=False)
+                    self.progress.done += _size_of(file)
+                    if text is not None:
+                        members.append((f"{repo.name}/{file.relative_to(repo).as_posix()}", text))
+                document = self._join_group(repo.name, members) if members else None
+                if document is not None:
+                    yield document
+                elif not members:
+                    self.counts.empty += 1
+
+    def _read_text(self, file: Path, count: bool = True) -> str | None:
+        data = file.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            if count:
+                self.counts.non_utf8 += 1
+            return None
+        if "\x00" in text:  # binary file that happens to decode
+            if count:
+                self.counts.non_utf8 += 1
+            return None
+        return self._checked_text(text) if count else (text if text.strip() else None)
+
+    # ------------------------------------------------------------------ file formats -> rows
+    def _rows(self, source: SourceSpec) -> Iterator[Row]:
+        for path in expand_paths(source.path):
+            if source.type == "jsonl":
+                yield from self._jsonl_rows(path)
+            elif source.type == "parquet":
+                yield from self._parquet_rows(path, source)
+            elif source.type == "hf_disk":
+                yield from self._hf_rows(path)
+            else:
+                raise UserError(f"source type {source.type!r} has no rows")
+
+    def _jsonl_rows(self, path: Path) -> Iterator[Row]:
+        stream, raw = open_binary(path)
+        start = self.progress.done
+        with stream, raw:
+            for line_no, line in enumerate(stream, start=1):
+                if line_no % 256 == 0:
+                    self.progress.done = start + raw.tell()
+                if not line.strip():
+                    continue
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    self.counts.non_utf8 += 1
+                    continue
+                try:
+                    fields = json.loads(text)
+                except json.JSONDecodeError as error:
+                    raise UserError(f"{path}:{line_no}: malformed JSON ({error.msg} at column {error.colno})") from None
+                if not isinstance(fields, dict):
+                    raise UserError(f"{path}:{line_no}: expected a JSON object, got {type(fields).__name__}")
+                yield Row(fields, f"{path}:{line_no}")
+        self.progress.done = start + _size_of(path)
+
+    def _parquet_rows(self, path: Path, source: SourceSpec) -> Iterator[Row]:
+        import pyarrow.parquet as pq
+
+        file = pq.ParquetFile(path)
+        names = file.schema_arrow.names
+        wanted = [source.messages_field] if self.chat else [source.text_field]
+        wanted += [f for f in (source.group_field, source.name_field) if f]
+        for name in wanted:
+            if name not in names:
+                raise UserError(f"{path}: no column {name!r}; columns: {names}")
+        row_no = 0
+        for group in range(file.num_row_groups):
+            table = file.read_row_group(group, columns=wanted)
+            for fields in table.to_pylist():
+                row_no += 1
+                yield Row(fields, f"{path}: row {row_no}")
+            self.progress.done += file.metadata.row_group(group).total_byte_size
+            del table
+
+    def _hf_rows(self, path: Path) -> Iterator[Row]:
+        import datasets
+
+        loaded = datasets.load_from_disk(str(path))
+        splits = [loaded[k] for k in sorted(loaded)] if isinstance(loaded, datasets.DatasetDict) else [loaded]
+        for split in splits:
+            for row_no, fields in enumerate(split, start=1):  # arrow-backed: rows are read lazily
+                yield Row(fields, f"{path}: row {row_no}")
+        self.progress.done += _size_of(path)
+
+
+def _field(row: Row, name: str) -> Any:
+    if name not in row.fields:
+        raise UserError(f"{row.where}: no field {name!r}; the row has fields {sorted(row.fields)}")
+    return row.fields[name]
+
+
+def _size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -1,0 +1,235 @@
+"""Load and save Hugging Face causal LMs from local directories (safetensors only).
+
+Everything, including a freshly initialised tiny model, goes through AutoModelForCausalLM.from_pretrained,
+so the tiny path exercises exactly the code that loads a real Llama-3 checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    MistralConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+)
+
+from prolong.model.attention import BACKENDS, register_attention
+from prolong.model.rope import YarnScaling, apply_rope_config
+
+ARCHITECTURES: dict[str, type[PretrainedConfig]] = {
+    "llama": LlamaConfig,
+    "qwen2": Qwen2Config,
+    "mistral": MistralConfig,
+}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """torch dtype from a torch.dtype or a name such as "bfloat16" / "bf16" / "float32"."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _local_dir(path: str | os.PathLike) -> Path:
+    directory = Path(path)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{directory} is not a model directory (no config.json); models load from disk only"
+        )
+    return directory
+
+
+def resolve_attn_implementation(attn_implementation: str | None) -> str:
+    """Name to pass to transformers: None/"auto" -> prolong auto backend; a prolong backend name -> that
+    backend registered; anything else ("sdpa", "eager", "flash_attention_2", ...) unchanged."""
+    if attn_implementation in (None, "auto"):
+        return register_attention("auto")
+    if attn_implementation in BACKENDS:
+        return register_attention(attn_implementation)
+    return attn_implementation
+
+
+def load_model(
+    path: str | os.PathLike,
+    dtype: torch.dtype | str = torch.float32,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    device: torch.device | str | None = None,
+    rope_theta: float | None = None,
+    yarn: YarnScaling | Mapping[str, Any] | None = None,
+    max_position_embeddings: int | None = None,
+) -> PreTrainedModel:
+    """Load a causal LM from a local directory, optionally with new RoPE settings.
+
+    attn_implementation: None for prolong's document-masked attention (backend chosen automatically), a
+    prolong backend name (varlen, flash_attn, sdpa_per_doc, cross_document) to force one, or any name
+    transformers knows (sdpa, eager). RoPE changes are applied to the config before the weights load, so
+    the rotary embeddings are built with them.
+    """
+    directory = _local_dir(path)
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code, local_files_only=True)
+    if rope_theta is not None or yarn is not None or max_position_embeddings is not None:
+        apply_rope_config(
+            config, theta=rope_theta, yarn=yarn, max_position_embeddings=max_position_embeddings
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        directory,
+        config=config,
+        dtype=parse_dtype(dtype),
+        attn_implementation=resolve_attn_implementation(attn_implementation),
+        trust_remote_code=trust_remote_code,
+        local_files_only=True,
+        use_safetensors=True,
+    )
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load the tokenizer saved in a local model (or tokenizer) directory."""
+    return AutoTokenizer.from_pretrained(
+        Path(path), trust_remote_code=trust_remote_code, local_files_only=True
+    )
+
+
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | os.PathLike
+) -> Path:
+    """Save model (safetensors + config) and tokenizer to `out_dir` atomically.
+
+    Written into a temporary sibling directory first, then renamed into place, so a crash never leaves a
+    half-written checkpoint under `out_dir`; an existing `out_dir` is replaced.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        pickled = [p.name for p in tmp.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
+        if pickled:
+            raise RuntimeError(f"refusing to publish pickled weights {pickled}; expected safetensors only")
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def build_config(
+    architecture: str,
+    vocab_size: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_hidden_layers: int,
+    num_attention_heads: int,
+    num_key_value_heads: int,
+    max_position_embeddings: int,
+    rope_theta: float,
+    **overrides: Any,
+) -> PretrainedConfig:
+    """A standard transformers config for one of the supported architectures (full attention, untied)."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
+    if hidden_size % num_attention_heads:
+        raise ValueError(
+            f"hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
+        )
+    if num_attention_heads % num_key_value_heads:
+        raise ValueError(
+            f"num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads "
+            f"{num_key_value_heads}"
+        )
+    kwargs: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": num_attention_heads,
+        "num_key_value_heads": num_key_value_heads,
+        "max_position_embeddings": max_position_embeddings,
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(rope_theta)},
+        "tie_word_embeddings": False,
+    }
+    if architecture in ("mistral", "qwen2"):
+        kwargs["sliding_window"] = None  # ProLong trains full attention; the Mistral default would be 4096
+    kwargs.update(overrides)
+    return ARCHITECTURES[architecture](**kwargs)
+
+
+def init_model(
+    architecture: str,
+    out_dir: str | os.PathLike,
+    vocab_size: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_hidden_layers: int,
+    num_attention_heads: int,
+    num_key_value_heads: int,
+    max_position_embeddings: int,
+    rope_theta: float,
+    seed: int,
+    tokenizer_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Write a randomly initialised checkpoint directory (safetensors, config, optional tokenizer)."""
+    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
+    special: dict[str, Any] = {}
+    if tokenizer is not None:
+        if len(tokenizer) > vocab_size:
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but vocab_size is {vocab_size}")
+        special = {
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    config = build_config(
+        architecture,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=max_position_embeddings,
+        rope_theta=rope_theta,
+        **special,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return save_model(model, tokenizer, out_dir)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,125 @@
+"""Token-summed cross-entropy that never materializes the [T, vocab] logits.
+
+Returns (loss_sum, num_valid) so the trainer divides by the valid-token count of the whole optimizer step
+(all ranks, all accumulation micro-batches), as ProLong does, instead of averaging per-device means.
+Legend: T tokens, D hidden size, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+
+from prolong.model.batch import IGNORE_INDEX, PackedBatch, attention_kwargs
+
+
+def _chunk_loss_sum(
+    hidden_CD: torch.Tensor, weight_VD: torch.Tensor, labels_C: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
+    logits_CV = (hidden_CD @ weight_VD.t()).float()  # matmul in the model dtype, softmax in float32
+    if softcap is not None:
+        logits_CV = torch.tanh(logits_CV / softcap) * softcap
+    return F.cross_entropy(logits_CV, labels_C, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def _liger_available(device: torch.device) -> bool:
+    return device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+
+
+def chunked_cross_entropy(
+    hidden_TD: torch.Tensor,
+    weight_VD: torch.Tensor,
+    labels_T: torch.Tensor,
+    chunk_tokens: int = 2048,
+    softcap: float | None = None,
+    fused: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of cross-entropy over labels != -100 of `hidden_TD @ weight_VD.T`, and the number of such labels.
+
+    Each chunk of `chunk_tokens` rows computes its logits under activation checkpointing, so forward and
+    backward hold at most [chunk_tokens, V] logits at a time; accumulation is in float32. `labels_T` are
+    already shifted (label t is predicted from position t). fused=None uses liger-kernel's fused linear
+    cross-entropy on CUDA when installed; fused=False forces the chunked path.
+    """
+    if hidden_TD.dim() != 2 or labels_T.dim() != 1 or hidden_TD.shape[0] != labels_T.shape[0]:
+        raise ValueError(
+            f"expected hidden [T, D] and labels [T], got {tuple(hidden_TD.shape)} and {tuple(labels_T.shape)}"
+        )
+    if chunk_tokens <= 0:
+        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    labels_T = labels_T.to(hidden_TD.device)
+    num_valid = (labels_T != IGNORE_INDEX).sum()
+    use_fused = _liger_available(hidden_TD.device) if fused is None else fused
+    if use_fused:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        loss = liger_fused_linear_cross_entropy(
+            hidden_TD, weight_VD, labels_T, ignore_index=IGNORE_INDEX, reduction="sum", softcap=softcap
+        )
+        loss = loss[0] if isinstance(loss, tuple) else loss
+        return loss.float(), num_valid
+
+    total = torch.zeros((), dtype=torch.float32, device=hidden_TD.device)
+    for start in range(0, hidden_TD.shape[0], chunk_tokens):
+        labels_C = labels_T[start : start + chunk_tokens]
+        hidden_CD = hidden_TD[start : start + chunk_tokens]
+        if hidden_TD.requires_grad or weight_VD.requires_grad:
+            total = total + checkpoint(
+                _chunk_loss_sum, hidden_CD, weight_VD, labels_C, softcap, use_reentrant=False
+            )
+        else:
+            total = total + _chunk_loss_sum(hidden_CD, weight_VD, labels_C, softcap)
+    return total, num_valid
+
+
+def _decoder(model: PreTrainedModel) -> nn.Module:
+    """The base model that returns hidden states (model.model for Llama/Qwen2/Mistral)."""
+    base = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    if base is None or base is model:
+        raise ValueError(f"cannot find the decoder of {type(model).__name__} (expected model.model)")
+    return base
+
+
+def _softcap(model: PreTrainedModel) -> float | None:
+    # Gemma-2 style final logit soft-capping; None for Llama, Qwen2 and Mistral.
+    return getattr(model.config, "final_logit_softcapping", None)
+
+
+def causal_lm_loss(
+    model: PreTrainedModel, batch: PackedBatch, chunk_tokens: int = 2048, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss_sum, num_valid) of an HF causal LM on a packed batch, without the [T, V] logits.
+
+    Runs the decoder with attention_kwargs(batch) (document boundaries, no cache, no mask), then the
+    chunked loss against the output embedding. Extra kwargs go to chunked_cross_entropy.
+    """
+    outputs = _decoder(model)(input_ids=batch.input_ids, **attention_kwargs(batch))
+    hidden_TD = outputs.last_hidden_state[0]
+    weight_VD = model.get_output_embeddings().weight
+    return chunked_cross_entropy(
+        hidden_TD, weight_VD, batch.labels[0], chunk_tokens=chunk_tokens, softcap=_softcap(model), **kwargs
+    )
+
+
+class CausalLMWithChunkedLoss(nn.Module):
+    """An HF causal LM whose forward(batch) returns (loss_sum, num_valid) with the chunked loss.
+
+    The whole computation happens inside this module's forward, so it can be the FSDP2 root: calling a
+    submodule of an FSDP-wrapped model directly would skip the root's pre-forward unshard.
+    """
+
+    def __init__(self, model: PreTrainedModel, chunk_tokens: int = 2048, fused: bool | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_tokens = chunk_tokens
+        self.fused = fused
+
+    def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss_sum, num_valid) for one packed micro-batch."""
+        return causal_lm_loss(self.model, batch, chunk_tokens=self.chunk_tokens, fused=self.fused)

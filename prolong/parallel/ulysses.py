@@ -1,0 +1,181 @@
+"""Ulysses sequence parallelism: a transform of the batch plus an attention wrapper.
+
+Each of the `sp` ranks of a group holds T/sp consecutive tokens of one packed sequence (labels shifted
+before the split, position ids the global per-document positions sliced). Inside attention an
+all-to-all turns q [T/sp, H, D] into [T, H/sp, D] (k/v the same with their own KV-head count), document
+attention runs on the whole sequence with the global `cu_seqlens`, and a second all-to-all returns
+[T/sp, H, D]. Everything outside attention is per token, so the rest of the model needs no change.
+
+When every document lies inside one rank's slice (e.g. 64K documents in a 512K sequence over 8 ranks),
+attention needs no other rank's tokens: the batch carries the local boundaries and the wrapper skips
+both exchanges.
+
+Shapes: T tokens, H query heads, K key/value heads, D head dim; `_THD` = [T, H, D].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import AttentionInterface
+
+from prolong.model.attention import document_attention
+from prolong.model.batch import PackedBatch
+
+
+class _AllToAll(torch.autograd.Function):
+    """Equal-split all-to-all along dim 0; its gradient is the same exchange of the gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        dist.all_to_all_single(out, x, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous()
+        out = torch.empty_like(grad)
+        dist.all_to_all_single(out, grad, group=ctx.group)
+        return out, None
+
+
+def seq_to_heads(x_THD: torch.Tensor, group: dist.ProcessGroup, sp: int) -> torch.Tensor:
+    """[T/sp, H, D] on each rank -> [T, H/sp, D]: gather the sequence, scatter the heads."""
+    t_local, heads, dim = x_THD.shape
+    # chunk j of dim 0 goes to rank j: our tokens of head group j
+    chunks = x_THD.reshape(t_local, sp, heads // sp, dim).transpose(0, 1)
+    received = _AllToAll.apply(chunks, group)  # chunk j: rank j's tokens of our head group
+    return received.reshape(sp * t_local, heads // sp, dim)
+
+
+def heads_to_seq(x_THD: torch.Tensor, group: dist.ProcessGroup, sp: int) -> torch.Tensor:
+    """[T, H/sp, D] -> [T/sp, H, D]: the inverse of `seq_to_heads`."""
+    tokens, heads_local, dim = x_THD.shape
+    chunks = x_THD.reshape(sp, tokens // sp, heads_local, dim)  # chunk j: rank j's tokens
+    received = _AllToAll.apply(chunks, group)  # chunk j: our tokens of head group j
+    return received.transpose(0, 1).reshape(tokens // sp, sp * heads_local, dim)
+
+
+def kv_repeats(num_key_value_heads: int, sp: int) -> int:
+    """How often to repeat KV heads so that each rank gets whole ones (1 when they divide by sp).
+
+    Repeating to lcm(K, sp) heads keeps the grouped-query mapping: query head h still reads the copy of
+    KV head h // (H / K). lcm(K, sp) divides H because both K and sp do.
+    """
+    return math.lcm(num_key_value_heads, sp) // num_key_value_heads
+
+
+def ulysses_attention(
+    q_THD: torch.Tensor,
+    k_TKD: torch.Tensor,
+    v_TKD: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    scale: float,
+    group: dist.ProcessGroup,
+    backend: str,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Document attention over a sequence split across the `group`; returns the local [T/sp, H, D]."""
+    sp = dist.get_world_size(group)
+    repeats = kv_repeats(k_TKD.shape[1], sp)
+    if repeats > 1:  # only as many copies as needed for whole heads per rank, never the full H
+        k_TKD = k_TKD.repeat_interleave(repeats, dim=1)
+        v_TKD = v_TKD.repeat_interleave(repeats, dim=1)
+    q = seq_to_heads(q_THD, group, sp)
+    k = seq_to_heads(k_TKD, group, sp)
+    v = seq_to_heads(v_TKD, group, sp)
+    out = document_attention(q, k, v, cu_seqlens, max_seqlen, scale, backend, sliding_window)
+    return heads_to_seq(out, group, sp)
+
+
+def register_ulysses_attention(group: dist.ProcessGroup, backend: str, name: str = "prolong_ulysses") -> str:
+    """Register the Ulysses wrapper with transformers' AttentionInterface; returns the implementation name.
+
+    The HF attention modules call it with q [1, H, T/sp, D], k/v [1, K, T/sp, D] and the batch's
+    keyword arguments (`cu_seq_lens_q`, `max_length_q` from `sp_shard_batch`).
+    """
+    sp = dist.get_world_size(group)
+    # cross-document batches carry one segment [0, T]: per-document attention over it is plain causal
+    kernel = "sdpa_per_doc" if backend == "cross_document" else backend
+
+    def attention(
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        sliding_window: int | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        if dropout:
+            raise ValueError("Ulysses attention does not implement attention dropout; set attention_dropout=0")
+        if query.shape[0] != 1:
+            raise ValueError(f"packed batches have batch size 1, got {query.shape[0]}")
+        if "cu_seq_lens_q" not in kwargs:
+            raise ValueError("Ulysses attention needs the batch's boundaries: call the model with attention_kwargs")
+        cu_seqlens = kwargs["cu_seq_lens_q"]
+        max_seqlen = int(kwargs["max_length_q"])
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T/sp, heads, D]
+        # the boundaries tell which case this batch is: global (exchange) or local (every document
+        # inside this rank's slice: no exchange needed)
+        if sp > 1 and int(cu_seqlens[-1]) == sp * q.shape[0]:
+            out = ulysses_attention(q, k, v, cu_seqlens, max_seqlen, scale, group, kernel, sliding_window)
+        else:
+            out = document_attention(q, k, v, cu_seqlens, max_seqlen, scale, kernel, sliding_window)
+        return out.unsqueeze(0), None  # [1, T/sp, H, D], as HF attention functions return
+
+    AttentionInterface.register(name, attention)
+    return name
+
+
+def _slice_boundaries(cu_seqlens: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Document boundaries of tokens [start, stop), relative to start."""
+    inside = cu_seqlens[(cu_seqlens > start) & (cu_seqlens < stop)]
+    edges = torch.tensor([start, stop], dtype=cu_seqlens.dtype, device=cu_seqlens.device)
+    return torch.cat([edges[:1], inside, edges[1:]]) - start
+
+
+def documents_fit_slices(cu_seqlens: torch.Tensor, sp: int) -> bool:
+    """True when every slice boundary k*T/sp is a document boundary (no document spans two ranks)."""
+    total = int(cu_seqlens[-1])
+    bounds = set(cu_seqlens.tolist())
+    return total % sp == 0 and all(k * total // sp in bounds for k in range(1, sp))
+
+
+def sp_shard_batch(batch: PackedBatch, sp_rank: int, sp: int) -> PackedBatch:
+    """This rank's T/sp tokens of a packed batch (labels were shifted before, positions stay global).
+
+    The boundaries stay global so attention can run on the gathered sequence, unless every document
+    lies inside one slice: then they are this slice's own and the attention wrapper skips the exchange.
+    """
+    if sp == 1:
+        return batch
+    tokens = batch.input_ids.shape[1]
+    if tokens % sp:
+        raise ValueError(f"a sequence of {tokens} tokens cannot be split over {sp} ranks; pad it first")
+    size = tokens // sp
+    start, stop = sp_rank * size, (sp_rank + 1) * size
+    cu_seqlens, max_seqlen = batch.cu_seqlens, batch.max_seqlen
+    if documents_fit_slices(batch.cu_seqlens, sp):
+        cu_seqlens = _slice_boundaries(batch.cu_seqlens, start, stop)
+        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return dataclasses.replace(
+        batch,
+        input_ids=batch.input_ids[:, start:stop],
+        position_ids=batch.position_ids[:, start:stop],
+        labels=batch.labels[:, start:stop],
+        cu_seqlens=cu_seqlens,
+        max_seqlen=max_seqlen,
+    )
+

@@ -1,0 +1,212 @@
+"""Setting up and handing over stages: where a stage's model comes from, its data, its optimizer,
+resuming, and the Hugging Face export at its end.
+
+Layout of a run (output_dir from the recipe):
+
+    <output_dir>/init/                 the randomly initialised model of a tiny recipe
+    <output_dir>/<stage>/recipe.yaml   the resolved recipe
+    <output_dir>/<stage>/checkpoints/step_NNNNNNNN/   distributed checkpoints (last N kept)
+    <output_dir>/<stage>/export/       HF safetensors + tokenizer, with the stage's rope config;
+                                       present = the stage is finished
+    <output_dir>/<stage>/metrics.jsonl, tensorboard/, plots/{loss,throughput}.png
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from prolong.config import Recipe, StageSpec, derived_numbers, save_recipe, warmup_steps
+from prolong.data.build import resolve_tokenizer
+from prolong.data.mixture import StageMixture
+from prolong.errors import UserError
+from prolong.model.attention import register_attention
+from prolong.model.io import init_model, load_model, load_tokenizer, parse_dtype, save_model
+from prolong.model.loss import CausalLMWithChunkedLoss
+from prolong.parallel.mesh import ParallelMesh, validate_sequence_parallel
+from prolong.parallel.parallelize import hf_model_of, parallelize
+from prolong.train.checkpoint import latest_checkpoint, load_checkpoint, load_optimizer_state
+from prolong.train.loop import StageRun
+from prolong.train.metrics import plot_stage
+from prolong.train.schedule import build_optimizer
+
+
+def stage_dir(recipe: Recipe, stage: StageSpec) -> Path:
+    return Path(recipe.output_dir) / stage.name
+
+
+def export_dir(recipe: Recipe, stage: StageSpec) -> Path:
+    return stage_dir(recipe, stage) / "export"
+
+
+def is_finished(recipe: Recipe, stage: StageSpec) -> bool:
+    """A stage is finished once its export exists (save_model renames it into place when complete)."""
+    return (export_dir(recipe, stage) / "config.json").is_file()
+
+
+def _source_stage_dir(recipe: Recipe, index: int) -> Path | None:
+    """The directory of the stage this one starts from (None: the recipe's model)."""
+    stage = recipe.stages[index]
+    if stage.init_from != "previous":
+        return Path(stage.init_from)
+    return stage_dir(recipe, recipe.stages[index - 1]) if index > 0 else None
+
+
+def model_source(recipe: Recipe, index: int) -> Path:
+    """The HF directory the stage's weights load from: the previous stage's export, or the model."""
+    source = _source_stage_dir(recipe, index)
+    if source is None:
+        return Path(recipe.model.path) if recipe.model.path else Path(recipe.output_dir) / "init"
+    model_dir = source / "export" if (source / "export").is_dir() else source
+    if not (model_dir / "config.json").is_file():
+        raise UserError(
+            f"stage {recipe.stages[index].name!r} starts from {source}, which has no exported model yet; "
+            "train the earlier stage first (prolong train RECIPE runs all stages in order)"
+        )
+    return model_dir
+
+
+def tokenizer_dir(recipe: Recipe) -> str:
+    """The recipe's tokenizer, which `prolong data build` has already made when it is trained locally."""
+    if recipe.tokenizer.train_vocab_size is not None and not (Path(recipe.output_dir) / "tokenizer").is_dir():
+        raise UserError(f"no tokenizer under {recipe.output_dir}/tokenizer yet; run `prolong data build` first")
+    return resolve_tokenizer(recipe, show_progress=False)
+
+
+def model_heads(recipe: Recipe) -> tuple[int, int]:
+    """(query heads, key/value heads) of the recipe's model, read without loading weights."""
+    if recipe.model.init is not None:
+        return recipe.model.init.num_attention_heads, recipe.model.init.num_key_value_heads
+    config = AutoConfig.from_pretrained(
+        recipe.model.path, trust_remote_code=recipe.model.trust_remote_code, local_files_only=True
+    )
+    return config.num_attention_heads, getattr(config, "num_key_value_heads", config.num_attention_heads)
+
+
+def validate_run(recipe: Recipe, stages: list[StageSpec], world_size: int) -> None:
+    """Everything that can be refused before any model or data is touched (SP degree, batch split)."""
+    derived_numbers(recipe, world_size)  # SP divides the world, sequences split over data-parallel ranks
+    heads, kv_heads = model_heads(recipe)
+    for stage in stages:
+        try:
+            validate_sequence_parallel(stage.sequence_parallel, world_size, heads, kv_heads)
+        except UserError as error:
+            raise UserError(f"stage {stage.name!r}: {error}") from None
+
+
+def ensure_init_model(recipe: Recipe, mesh: ParallelMesh, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Write the tiny recipe's random model once (rank 0), seeded by the recipe."""
+    spec, out = recipe.model.init, Path(recipe.output_dir) / "init"
+    if spec is not None and mesh.is_main and not (out / "config.json").is_file():
+        init_model(
+            architecture=spec.architecture,
+            out_dir=out,
+            vocab_size=-(-len(tokenizer) // 64) * 64,  # a multiple of 64 keeps the LM head matmul aligned
+            hidden_size=spec.hidden_size,
+            intermediate_size=spec.intermediate_size,
+            num_hidden_layers=spec.num_hidden_layers,
+            num_attention_heads=spec.num_attention_heads,
+            num_key_value_heads=spec.num_key_value_heads,
+            max_position_embeddings=spec.max_position_embeddings,
+            rope_theta=spec.rope_theta,
+            seed=recipe.seed,
+            tokenizer_dir=tokenizer_dir(recipe),
+        )
+    mesh.barrier()
+
+
+def build_model(recipe: Recipe, stage: StageSpec, source: Path, mesh: ParallelMesh) -> CausalLMWithChunkedLoss:
+    """Load the stage's starting weights with its rope config, wrap the chunked loss, parallelize."""
+    backend = recipe.training.attention_backend
+    rope = stage.rope
+    original = AutoConfig.from_pretrained(source, local_files_only=True).max_position_embeddings
+    model = load_model(
+        source,
+        dtype=torch.float32,  # master weights; GPU compute runs in the recipe dtype through FSDP2
+        attn_implementation=register_attention(backend),
+        trust_remote_code=recipe.model.trust_remote_code,
+        rope_theta=rope.theta if rope else None,
+        yarn=rope.yarn.model_dump() if rope and rope.yarn else None,
+        max_position_embeddings=None if rope and rope.yarn else max(original, stage.seq_len),
+    )
+    wrapped = CausalLMWithChunkedLoss(model, chunk_tokens=recipe.training.loss_chunk_tokens)
+    param_dtype = parse_dtype(recipe.model.dtype) if mesh.device.type == "cuda" else None
+    return parallelize(wrapped, mesh, backend, stage.activation_checkpointing, param_dtype)
+
+
+def prepare_stage(
+    recipe: Recipe, index: int, mesh: ParallelMesh, resume: bool, max_steps: int | None
+) -> tuple[StageRun, PreTrainedTokenizerBase]:
+    """Build model, optimizer and data of stage `index`; restore a checkpoint or carried AdamW state."""
+    stage = recipe.stages[index]
+    out = stage_dir(recipe, stage)
+    tokenizer = load_tokenizer(tokenizer_dir(recipe))
+    if index == 0 and stage.init_from == "previous":
+        ensure_init_model(recipe, mesh, tokenizer)
+    latest = latest_checkpoint(out / "checkpoints")
+    if latest is not None and not resume:
+        raise UserError(
+            f"stage {stage.name!r} already has checkpoints in {out / 'checkpoints'}; pass --resume to continue "
+            "it, or delete the directory to start over"
+        )
+    data = StageMixture.open(recipe.data.shard_dir, stage, recipe.seed, tokenizer)
+    model = build_model(recipe, stage, model_source(recipe, index), mesh)
+    optimizer = build_optimizer(model, recipe.optimizer, stage.lr)
+    num_steps = min(stage.num_steps, max_steps) if max_steps else stage.num_steps
+    warmup = warmup_steps(stage.model_copy(update={"steps": num_steps, "total_tokens": None}))
+    run = StageRun(
+        stage=stage,
+        model=model,
+        config=hf_model_of(model).config,
+        optimizer=optimizer,
+        data=data,
+        mesh=mesh,
+        optim_spec=recipe.optimizer,
+        training=recipe.training,
+        stage_dir=out,
+        num_steps=num_steps,
+        warmup_steps=warmup,
+        trainer_state={"stage": stage.name, "num_steps": num_steps, "world_size": mesh.world_size},
+    )
+    if latest is not None:
+        state = load_checkpoint(latest, model, optimizer, mesh)
+        if state["num_steps"] != num_steps:
+            raise UserError(
+                f"{latest} belongs to a {state['num_steps']}-step schedule, this run has {num_steps} steps; "
+                "resume with the same --max-steps"
+            )
+        run.start_step = state["step"]
+        run.trainer_state.update(bad_steps_in_a_row=state.get("bad_steps_in_a_row", 0))
+    elif stage.carry_optimizer_state:
+        source = _source_stage_dir(recipe, index)
+        carried = latest_checkpoint(source / "checkpoints") if source else None
+        if carried is None:
+            raise UserError(f"stage {stage.name!r} carries the optimizer state, but {source} has no checkpoint")
+        load_optimizer_state(carried, model, optimizer)
+    if mesh.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, out / "recipe.yaml")
+    return run, tokenizer
+
+
+def export_stage(run: StageRun, recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """Gather the full weights and write the stage's HF safetensors export (rank 0); returns its path.
+
+    The export is a plain transformers checkpoint with the stage's rope config: the next stage, SFT,
+    evaluation and anyone else load it with from_pretrained.
+    """
+    full = get_model_state_dict(run.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    out = export_dir(recipe, run.stage)
+    if run.mesh.is_main:
+        prefix = "model."  # CausalLMWithChunkedLoss holds the HF model as .model
+        weights = {k.removeprefix(prefix): v for k, v in full.items()}
+        dtype = parse_dtype(recipe.model.dtype)
+        plain = AutoModelForCausalLM.from_config(run.config, dtype=dtype)
+        plain.load_state_dict(weights)
+        save_model(plain, tokenizer, out)
+        plot_stage(run.stage_dir / "metrics.jsonl", run.stage_dir / "plots", f"{recipe.name} / {run.stage.name}")
+    run.mesh.barrier()
+    return out

@@ -1,0 +1,64 @@
+"""SFT masks cover exactly the assistant tokens, for our template and prefix-consistent others."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prolong.data.chat import assistant_spans, render_conversation
+from prolong.errors import UserError
+
+words = st.text(alphabet="abcdefgh xyz.,\n", min_size=1, max_size=40)
+
+
+@st.composite
+def conversations(draw):
+    turns = draw(st.integers(1, 4))
+    messages = [{"role": "system", "content": draw(words)}] if draw(st.booleans()) else []
+    for _ in range(turns):
+        messages.append({"role": "user", "content": draw(words)})
+        messages.append({"role": "assistant", "content": draw(words)})
+    return messages
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=conversations())
+def test_mask_covers_exactly_assistant_tokens(tokenizer, messages) -> None:
+    ids, mask = render_conversation(tokenizer, messages)
+    text, spans = assistant_spans(tokenizer, messages)
+    assert len(spans) == sum(m["role"] == "assistant" for m in messages)
+    # the masked tokens decode to exactly the assistant turns (content + end marker), in order
+    masked_text = tokenizer.decode(ids[mask].tolist(), skip_special_tokens=False)
+    assert masked_text == "".join(text[lo:hi] for lo, hi in spans)
+    # and the unmasked ones to everything else
+    rest = tokenizer.decode(ids[~mask].tolist(), skip_special_tokens=False)
+    outside = "".join(text[a:b] for a, b in zip([0] + [hi for _, hi in spans], [lo for lo, _ in spans] + [len(text)]))
+    assert rest == outside
+    for message in messages:
+        if message["role"] == "assistant":
+            assert message["content"] in masked_text
+
+
+def test_mask_agrees_with_generation_markers(tokenizer) -> None:
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
+    ids, mask = render_conversation(tokenizer, messages)
+    reference = tokenizer.apply_chat_template(messages, return_assistant_tokens_mask=True, return_dict=True)
+    assert ids.tolist() == reference["input_ids"]
+    # transformers' mask from {% generation %} covers content + <|end|>; ours adds the turn's newline
+    ours = np.asarray(mask, dtype=int)
+    theirs = np.asarray(reference["assistant_masks"])
+    assert (ours[theirs == 1] == 1).all()
+    assert tokenizer.decode(ids[(ours == 1) & (theirs == 0)].tolist()) == "\n"
+
+
+def test_inconsistent_template_is_refused(tokenizer) -> None:
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if messages|length > 1 %}!{% endif %}"
+    original = tokenizer.chat_template
+    tokenizer.chat_template = "{{ messages|length }}" + template
+    try:
+        with pytest.raises(UserError, match="prefix"):
+            render_conversation(tokenizer, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    finally:
+        tokenizer.chat_template = original
