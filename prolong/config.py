@@ -303,7 +303,9 @@ class SynthSpec(Strict):
     source_domains: list[str] = Field(min_length=1, description="long domains whose documents are used")
     output: str = Field(description="JSONL of chat conversations (messages) to write")
     generator: str | None = Field(None, description="local HF instruct checkpoint directory")
-    endpoint: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    endpoint: str | None = Field(
+        None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"
+    )
     endpoint_model: str | None = Field(None, description="model name sent to the endpoint")
     api_key_env: str | None = Field(
         None, description="environment variable holding the endpoint's API key (none: no key sent)"
@@ -312,15 +314,19 @@ class SynthSpec(Strict):
     task_shares: dict[Literal["qa", "rag", "summ"], float] = Field(
         {"qa": 0.4, "rag": 0.3, "summ": 0.3}, description="share of examples per task (paper: 40/30/30)"
     )
-    seed: int | None = Field(None, description="seed of chunk, template and passage sampling; default: recipe seed")
+    seed: int | None = Field(
+        None, description="seed of chunk, template and passage sampling; default: recipe seed"
+    )
     max_doc_tokens: TokenCount = Field(32 * K, description="documents are cut to this many tokens")
     min_doc_tokens: TokenCount = Field(8 * K, description="shorter documents are not used")
     max_source_documents: int = Field(
         1000, gt=0, description="documents read from the source domains (the pool examples draw from)"
     )
-    chunk_tokens: TokenCount = Field(1024, description="chunk length for QA snippets, RAG passages and summaries")
+    chunk_tokens: TokenCount = Field(
+        1024, description="chunk length for QA snippets, RAG passages and summaries"
+    )
     rag_passages: int | None = Field(
-        None, gt=0, description="passages in a RAG context, gold included; default: every chunk of the document"
+        None, gt=0, description="passages in a RAG context, gold included (default: every chunk)"
     )
     max_new_tokens: int = Field(512, gt=0, description="generation budget per model call")
     max_retries: int = Field(5, ge=0, description="endpoint retries (exponential backoff) before giving up")

@@ -55,7 +55,7 @@ def show(file: str, world_size: int = 8, schema: bool = False) -> None:
             f"{row['data_parallel']} x {row['sequence_parallel']}",
             str(row["grad_accumulation"]),
             f"{row['warmup_steps']:,}",
-            f"{row['tokens'] / 1e9:.2f}B",
+            f"{row['tokens'] / 1e9:.2f}B" if row["tokens"] >= 1e8 else format_count(row["tokens"]),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:

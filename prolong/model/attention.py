@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -103,15 +102,17 @@ def resolve_backend(
 
 
 def _causal_sdpa(
-    q_HLD: torch.Tensor, k_HLD: torch.Tensor, v_HLD: torch.Tensor, scale: float, sliding_window: int | None
+    q_LHD: torch.Tensor, k_LHD: torch.Tensor, v_LHD: torch.Tensor, scale: float, sliding_window: int | None
 ) -> torch.Tensor:
-    """Causal SDPA on one document ([heads, L, D]); GQA through enable_gqa, so K/V are never repeated."""
-    gqa = q_HLD.shape[0] != k_HLD.shape[0]
-    length = q_HLD.shape[1]
+    """Causal SDPA on one document of L tokens -> out_LHD; GQA through enable_gqa (K/V never repeated)."""
+    # SDPA's fused kernels only accept 4-D inputs; 3-D silently falls back to the math path, which stores
+    # [H, L, L] attention weights (quadratic memory). Strided [1, H, L, D] views are fine for them.
+    q, k, v = (x.unsqueeze(0).transpose(1, 2) for x in (q_LHD, k_LHD, v_LHD))
+    gqa = q.shape[1] != k.shape[1]
+    length = q.shape[2]
     if sliding_window is None or length <= sliding_window:
-        return F.scaled_dot_product_attention(
-            q_HLD, k_HLD, v_HLD, is_causal=True, scale=scale, enable_gqa=gqa
-        )
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+        return out[0].transpose(0, 1)
     # Sliding window (Mistral, some Qwen2 layers): query blocks against only the keys they can see, so the
     # mask is [block, block + window] instead of [L, L]. Same rule as transformers: kv > q - window.
     block = min(sliding_window, 2048)
@@ -119,20 +120,19 @@ def _causal_sdpa(
     for q_start in range(0, length, block):
         q_end = min(q_start + block, length)
         k_start = max(0, q_start - sliding_window + 1)
-        q_pos = torch.arange(q_start, q_end, device=q_HLD.device)[:, None]
-        k_pos = torch.arange(k_start, q_end, device=q_HLD.device)[None, :]
+        q_pos = torch.arange(q_start, q_end, device=q.device)[:, None]
+        k_pos = torch.arange(k_start, q_end, device=q.device)[None, :]
         mask = (k_pos <= q_pos) & (k_pos > q_pos - sliding_window)
-        outs.append(
-            F.scaled_dot_product_attention(
-                q_HLD[:, q_start:q_end],
-                k_HLD[:, k_start:q_end],
-                v_HLD[:, k_start:q_end],
-                attn_mask=mask,
-                scale=scale,
-                enable_gqa=gqa,
-            )
+        out = F.scaled_dot_product_attention(
+            q[:, :, q_start:q_end],
+            k[:, :, k_start:q_end],
+            v[:, :, k_start:q_end],
+            attn_mask=mask,
+            scale=scale,
+            enable_gqa=gqa,
         )
-    return torch.cat(outs, dim=1)
+        outs.append(out[0].transpose(0, 1))
+    return torch.cat(outs, dim=0)
 
 
 def _sdpa_per_doc(
@@ -143,14 +143,12 @@ def _sdpa_per_doc(
     scale: float,
     sliding_window: int | None,
 ) -> torch.Tensor:
-    bounds = cu_seqlens.tolist()
-    q_HTD, k_HTD, v_HTD = (x.transpose(0, 1) for x in (q_THD, k_THD, v_THD))
-    outs = [
-        _causal_sdpa(q_HTD[:, s:e], k_HTD[:, s:e], v_HTD[:, s:e], scale, sliding_window)
-        for s, e in itertools.pairwise(bounds)
-        if e > s
-    ]
-    return torch.cat(outs, dim=1).transpose(0, 1)
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    # split (not slicing): its backward is one concatenation, instead of one full-size zero-filled gradient
+    # per document, which would cost O(n_docs * T) with hundreds of short SFT documents.
+    docs = zip(q_THD.split(lens), k_THD.split(lens), v_THD.split(lens))
+    outs = [_causal_sdpa(q, k, v, scale, sliding_window) for q, k, v in docs if q.shape[0] > 0]
+    return torch.cat(outs, dim=0)
 
 
 def _varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, scale, sliding_window) -> torch.Tensor:
@@ -219,9 +217,7 @@ def document_attention(
         )
     backend = resolve_backend(backend, q_THD.device, q_THD.dtype)
     if backend == "cross_document":
-        return _causal_sdpa(
-            q_THD.transpose(0, 1), k_THD.transpose(0, 1), v_THD.transpose(0, 1), scale, sliding_window
-        ).transpose(0, 1)
+        return _causal_sdpa(q_THD, k_THD, v_THD, scale, sliding_window)
     cu_seqlens = cu_seqlens.to(device=q_THD.device, dtype=torch.int32)
     covered = int(cu_seqlens[-1])
     if covered != num_tokens:

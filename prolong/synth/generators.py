@@ -39,26 +39,31 @@ class Generator(Protocol):
 
 # ------------------------------------------------------------------------------------ local model
 class LocalGenerator:
-    """A local HF instruct checkpoint: each prompt rendered with its chat template, decoded greedily.
+    """A local HF instruct checkpoint through the project's engine (chunked prefill, greedy, batched):
+    each prompt is a user turn rendered with the checkpoint's own chat template.
 
     Calls are serialised with a lock (one model, many worker threads); torch already uses the cores.
     """
 
-    def __init__(self, path: str | Path, device: str | None = None) -> None:
+    def __init__(self, path: str | Path, device: str | None = None, trust_remote_code: bool = False) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from prolong.eval.engine import HFEngine, load_model
 
         path = Path(path)
         if not (path / "config.json").is_file():
             raise GeneratorError(f"synth.generator: {path} is not a Hugging Face checkpoint (no config.json)")
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        if not self.tokenizer.chat_template:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # bfloat16 matmuls are slow on CPU; the checkpoint's own dtype is kept on GPU.
+        model, tokenizer = load_model(
+            str(path), "float32" if device == "cpu" else "auto", device, trust_remote_code
+        )
+        if not tokenizer.chat_template:
             raise GeneratorError(
                 f"synth.generator: the tokenizer of {path} has no chat template; use an instruct checkpoint"
             )
-        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.engine = HFEngine(model, tokenizer)
         self._lock = threading.Lock()
 
     def _prompt_ids(self, prompt: str) -> list[int]:
@@ -69,24 +74,10 @@ class LocalGenerator:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        """Greedy replies, one prompt at a time (no padding, so results do not depend on batching)."""
-        import torch
-
-        replies = []
-        with self._lock, torch.inference_mode():
-            for prompt in prompts:
-                ids = torch.tensor([self._prompt_ids(prompt)], device=self.device)
-                out = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                )
-                replies.append(
-                    self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
-                )
-        return replies
+        """Greedy replies; prompts of similar length are decoded together."""
+        with self._lock:
+            generations = self.engine.generate([self._prompt_ids(p) for p in prompts], max_new_tokens)
+        return [g.text.strip() for g in generations]
 
 
 # ------------------------------------------------------------------------------ HTTP endpoint

@@ -70,7 +70,7 @@ def fingerprint(recipe: Recipe, spec: SynthSpec, seed: int, tokenizer: Any) -> d
             name: [s.model_dump() for s in recipe.domain(name).sources] for name in spec.source_domains
         },
         "tokenizer": tokenizer_identity(tokenizer)["vocab_hash"],
-        "generator": spec.generator or f"{spec.endpoint_model}",
+        "generator": spec.generator or spec.endpoint_model,
         "max_doc_tokens": spec.max_doc_tokens,
         "min_doc_tokens": spec.min_doc_tokens,
         "max_source_documents": spec.max_source_documents,
@@ -78,6 +78,26 @@ def fingerprint(recipe: Recipe, spec: SynthSpec, seed: int, tokenizer: Any) -> d
         "rag_passages": spec.rag_passages,
         "max_new_tokens": spec.max_new_tokens,
     }
+
+
+# Room for the instruction template, chat markers and the answer beside the document.
+_TEMPLATE_TOKENS = 256
+
+
+def fit_warnings(recipe: Recipe) -> list[str]:
+    """SFT stages whose sequences are too short for the synthetic conversations (packing drops
+    conversations longer than seq_len, so they would silently be left out of the mix)."""
+    spec = recipe.synth
+    if spec is None:
+        return []
+    readers = {d.name for d in recipe.data.domains if any(s.path == spec.output for s in d.sources)}
+    need = spec.max_doc_tokens + spec.max_new_tokens + _TEMPLATE_TOKENS
+    return [
+        f"stage {stage.name!r} packs to seq_len={stage.seq_len}, but synthetic conversations take up to "
+        f"~{need} tokens (synth.max_doc_tokens={spec.max_doc_tokens}); lower max_doc_tokens or they are dropped"
+        for stage in recipe.stages
+        if stage.kind == "sft" and any(e.domain in readers for e in stage.mixture) and stage.seq_len < need
+    ]
 
 
 @dataclass
@@ -201,8 +221,12 @@ def run_synth(
     spec = recipe.synth
     if spec is None:
         raise UserError("the recipe has no 'synth' section; add one (see `prolong recipe show --schema`)")
+    if (num_examples is not None and num_examples < 1) or workers < 1:
+        raise UserError(f"num_examples ({num_examples}) and workers ({workers}) must be at least 1")
+    for warning in fit_warnings(recipe):
+        Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
     seed = recipe.seed if spec.seed is None else spec.seed
-    counts = task_counts(num_examples or spec.num_examples, spec.task_shares)
+    counts = task_counts(spec.num_examples if num_examples is None else num_examples, spec.task_shares)
     items = plan_items(counts)
     tokenizer = load_tokenizer(resolve_tokenizer(recipe, show_progress))
     store = SynthStore(spec.output, fingerprint(recipe, spec, seed, tokenizer))
@@ -212,7 +236,8 @@ def run_synth(
     start = time.perf_counter()
     try:
         if todo:
-            pool = load_documents(recipe, spec, tokenizer)
+            with Console(stderr=True, quiet=not show_progress).status(f"reading {spec.source_domains}"):
+                pool = load_documents(recipe, spec, tokenizer)
             generator = generator or make_generator(spec)
             runner = _ItemRunner(spec, seed, counts, pool, generator, tokenizer)
             _run_items(runner, todo, workers, store, report, show_progress)

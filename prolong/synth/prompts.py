@@ -109,7 +109,7 @@ def qa_instruction(rng: random.Random, document: str, question: str) -> str:
 def rag_instruction(rng: random.Random, passages: list[str], question: str) -> str:
     """The user turn of a RAG example: numbered passages (already shuffled) and the question."""
     style, layout, prompt = rng.choice(RAG_PASSAGE_STYLES), rng.choice(RAG_LAYOUTS), rng.choice(RAG_PROMPTS)
-    documents = "\n\n".join(style.format(i=i, text=text) for i, text in enumerate(passages, start=1))
+    documents = "\n\n".join(style.format(i=i, text=text.strip()) for i, text in enumerate(passages, start=1))
     return layout.format(prompt=prompt, documents=documents, question=question)
 
 

@@ -172,9 +172,9 @@ class _Reporter:
         if log:
             self.writer.write(record)
         if self.progress is not None:
-            self.progress.update(self.task, completed=record["step"] + 1, info=info)
+            self.progress.update(self.task, completed=record["step"], info=info)
         elif log:
-            self.console.print(f"step {record['step'] + 1}/{record['num_steps']}  {info}  eta {record['eta_s']:.0f}s")
+            self.console.print(f"step {record['step']}/{record['num_steps']}  {info}  eta {record['eta_s']:.0f}s")
 
     def event(self, message: str, **fields: object) -> None:
         if self.enabled:
@@ -209,12 +209,12 @@ def run_stage(run: StageRun) -> None:
                 reporter.event(
                     f"step {step + 1}: skipped (loss {result.loss}, grad norm {result.grad_norm}, "
                     f"{result.num_valid_tokens} valid tokens); {bad_in_a_row} bad step(s) in a row",
-                    step=step,
+                    step=step + 1,
                 )
             flops = training_flops(run.config, result.num_tokens, result.attention_cost)
             recent = step_times[-20:]
             record = {
-                "step": step,
+                "step": step + 1,  # optimizer steps done, as in checkpoint names
                 "num_steps": run.num_steps,
                 "loss": result.loss,
                 "lr": lr,

@@ -14,13 +14,12 @@ def lr_at(step: int, num_steps: int, warmup_steps: int, peak_lr: float, min_lr: 
     """Learning rate of optimizer step `step` (0-based).
 
     Warmup rises linearly to the peak over `warmup_steps` (the first step already trains, at
-    peak/warmup_steps); the cosine then falls from the peak to `min_lr` at the last step.
+    peak/warmup_steps); the cosine then falls from the peak to exactly `min_lr` at the last step.
     A pure function of the step, so resuming needs nothing but the step number.
     """
     if step < warmup_steps:
         return peak_lr * (step + 1) / warmup_steps
-    decay_steps = max(1, num_steps - warmup_steps - 1)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    progress = min(1.0, (step + 1 - warmup_steps) / max(1, num_steps - warmup_steps))
     return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 

@@ -25,14 +25,12 @@ def _training_text() -> list[str]:
     return lines
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Directory with a tokenizer (chat template included) and a tiny random LlamaForCausalLM."""
+def build_tiny_model(path: Path) -> Path:
+    """Write a tokenizer (chat template included) and a tiny random LlamaForCausalLM to `path`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    path = tmp_path_factory.mktemp("tiny_model")
     specials = ["<s>", "</s>", "<pad>", "<|end|>"]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -50,6 +48,20 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=True)
     LlamaForCausalLM(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread() -> None:
+    """The test machine is shared: extra intra-op threads only contend (tiny ops got 100x slower)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory with a tokenizer and a tiny random Llama."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="session")

@@ -156,3 +156,16 @@ def test_sdpa_enable_gqa_used_not_repeat():
             enable_gqa=True,
         ).transpose(0, 1),
     )
+
+
+@pytest.mark.parametrize("kv_heads, window", [(4, None), (2, None), (2, 3)])
+def test_per_document_path_uses_a_fused_kernel(kv_heads, window):
+    """Regression: 3-D inputs make SDPA fall back to the math kernel, which stores [H, L, L] weights
+    (quadratic memory). Restricted to the fused flash kernel, our path must still run, forward and backward."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v, cu = _qkv([5, 9, 4], kv_heads=kv_heads)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        out = document_attention(q, k, v, cu, 9, 0.3, backend="sdpa_per_doc", sliding_window=window)
+        out.sum().backward()
+    torch.testing.assert_close(out, _reference(q, k, v, [5, 9, 4], 0.3, window), atol=1e-6, rtol=1e-5)

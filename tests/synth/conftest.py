@@ -37,8 +37,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     books = [{"text": _words(rng, n)} for n in (2400, 60, 900, 1500, 300, 2000, 700, 1200)]
     write_jsonl(root / "books.jsonl", books)
     chats = [
-        {"messages": [{"role": "user", "content": _words(rng, rng.randint(5, 30))},
-                      {"role": "assistant", "content": _words(rng, rng.randint(10, 60))}]}
+        {
+            "messages": [
+                {"role": "user", "content": _words(rng, rng.randint(5, 30))},
+                {"role": "assistant", "content": _words(rng, rng.randint(10, 60))},
+            ]
+        }
         for _ in range(300)
     ]
     write_jsonl(root / "chat.jsonl", chats)
@@ -62,10 +66,17 @@ def model_dir(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = load_tokenizer(tokenizer_path)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
     )
     LlamaForCausalLM(config).save_pretrained(path)
     return path
@@ -94,25 +105,47 @@ def make_recipe(corpus: Path, model_dir: Path, tmp_path: Path) -> Callable[..., 
         mixture = [{"domain": "chat", "proportion": 1 - synth_share}]
         if synth_share:
             mixture.append({"domain": "synth", "proportion": synth_share})
-        return recipe_from_dict({
-            "name": "synth-test",
-            "seed": 7,
-            "output_dir": str(tmp_path / "run"),
-            "model": {"path": str(model_dir), "dtype": "float32"},
-            "data": {
-                "shard_dir": str(tmp_path / "shards"),
-                "domains": [
-                    {"name": "books", "kind": "long", "sources": [{"type": "jsonl", "path": str(corpus / "books.jsonl")}]},
-                    {"name": "chat", "kind": "sft", "sources": [{"type": "jsonl", "path": str(corpus / "chat.jsonl")}]},
-                    {"name": "synth", "kind": "sft", "sources": [{"type": "jsonl", "path": section["output"]}]},
+        return recipe_from_dict(
+            {
+                "name": "synth-test",
+                "seed": 7,
+                "output_dir": str(tmp_path / "run"),
+                "model": {"path": str(model_dir), "dtype": "float32"},
+                "data": {
+                    "shard_dir": str(tmp_path / "shards"),
+                    "domains": [
+                        {
+                            "name": "books",
+                            "kind": "long",
+                            "sources": [{"type": "jsonl", "path": str(corpus / "books.jsonl")}],
+                        },
+                        {
+                            "name": "chat",
+                            "kind": "sft",
+                            "sources": [{"type": "jsonl", "path": str(corpus / "chat.jsonl")}],
+                        },
+                        {
+                            "name": "synth",
+                            "kind": "sft",
+                            "sources": [{"type": "jsonl", "path": section["output"]}],
+                        },
+                    ],
+                },
+                "stages": [
+                    {
+                        "name": "sft",
+                        "kind": "sft",
+                        "seq_len": 4096,
+                        "tokens_per_step": 4096,
+                        "steps": 1,
+                        "lr": 1e-5,
+                        "min_lr": 1e-6,
+                        "mixture": mixture,
+                    }
                 ],
-            },
-            "stages": [{
-                "name": "sft", "kind": "sft", "seq_len": 4096, "tokens_per_step": 4096, "steps": 1,
-                "lr": 1e-5, "min_lr": 1e-6, "mixture": mixture,
-            }],
-            "synth": section,
-        })
+                "synth": section,
+            }
+        )
 
     return make
 
@@ -122,7 +155,9 @@ def canned_reply(prompt: str) -> str:
     """The server's answer: a well-formed QA pair quoting the snippet (malformed for about a quarter of
     snippets, chosen by a hash), or a summary quoting the start of the text to summarize."""
     if "*** Start of the snippet ***" in prompt:
-        snippet = prompt.split("*** Start of the snippet ***")[1].split("*** End of the snippet ***")[0].strip()
+        snippet = (
+            prompt.split("*** Start of the snippet ***")[1].split("*** End of the snippet ***")[0].strip()
+        )
         if zlib.crc32(snippet.encode()) % 4 == 0:
             return "I would rather not answer that."
         quote = " ".join(snippet.split()[:8])
@@ -142,7 +177,7 @@ class ChatServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][-1]["content"]
                 if self.path != "/v1/chat/completions" or body.get("model") != "tiny":
@@ -157,7 +192,9 @@ class ChatServer:
                 if server.on_request is not None:
                     server.on_request(prompt)
                 reply = canned_reply(prompt)
-                self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]})
+                self._send(
+                    200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}
+                )
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()

@@ -52,8 +52,11 @@ def test_pipeline_through_the_endpoint(make_recipe, chat_server) -> None:
     rows = _rows(recipe.synth.output)
     n_malformed = report.malformed["pair"]
     assert 0 < n_malformed < 8  # the canned server refuses about a quarter of the snippets
-    assert report.examples == {"qa": 8 - n_malformed, "rag": sum(1 for r in rows if r["task"] == "rag"),
-                               "summ": 6 - report.malformed["summ"]}
+    assert report.examples == {
+        "qa": 8 - n_malformed,
+        "rag": sum(1 for r in rows if r["task"] == "rag"),
+        "summ": 6 - report.malformed["summ"],
+    }
     assert report.examples["summ"] == 6
 
     from prolong.data.tokenize import load_tokenizer
@@ -72,7 +75,7 @@ def test_pipeline_through_the_endpoint(make_recipe, chat_server) -> None:
         if row["task"] == "qa":
             assert doc.text in user  # the WHOLE (cut) document
         elif row["task"] == "rag":
-            assert gold in user  # the gold chunk is among the passages
+            assert gold.strip() in user  # the gold chunk is among the passages
             assert doc.text not in user or doc.num_chunks == 1  # shuffled, not the document as is
             layouts.add(user.split("\n")[0])
         else:
@@ -82,8 +85,13 @@ def test_pipeline_through_the_endpoint(make_recipe, chat_server) -> None:
 
 
 def test_interrupted_run_resumes_without_regenerating(make_recipe, chat_server) -> None:
-    recipe = make_recipe(endpoint=chat_server.url, endpoint_model="tiny", num_examples=12,
-                         task_shares={"qa": 0.5, "rag": 0.5}, max_new_tokens=64)
+    recipe = make_recipe(
+        endpoint=chat_server.url,
+        endpoint_model="tiny",
+        num_examples=12,
+        task_shares={"qa": 0.5, "rag": 0.5},
+        max_new_tokens=64,
+    )
     interrupt_at = 4
 
     def ctrl_c(prompt: str) -> None:
@@ -102,7 +110,9 @@ def test_interrupted_run_resumes_without_regenerating(make_recipe, chat_server) 
     report = run_synth(recipe, show_progress=False)
     assert report.resumed == len(first_run) and report.finished == 6 - len(first_run)
     assert len(chat_server.prompts) == report.finished  # one request per pair: none regenerated
-    records = [json.loads(line) for line in Path(recipe.synth.output + ".journal").read_text().splitlines()[1:]]
+    records = [
+        json.loads(line) for line in Path(recipe.synth.output + ".journal").read_text().splitlines()[1:]
+    ]
     assert sorted(r["item"] for r in records) == [f"pair/{k:06d}" for k in range(6)]  # each recorded once
     ok = {r["item"] for r in records if r["status"] == "ok"}
     rows = _rows(recipe.synth.output)

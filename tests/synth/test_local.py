@@ -29,14 +29,14 @@ def test_recursive_summaries_with_the_local_model_at_several_sizes(make_recipe, 
     chunks = load_documents(recipe, recipe.synth, tokenizer)[0].chunks
     assert len(chunks) >= 9
     for n in (1, 2, 3, 9):
-        summary, levels, calls = summarize_recursively(
+        _, levels, calls = summarize_recursively(
             lambda ps: generator.generate(ps, 2), chunks[:n], lambda s: len(tokenizer(s)["input_ids"]), 64
         )
         assert levels <= 1 + (n - 1).bit_length() and calls <= 2 * n - 1
 
 
 def test_pipeline_with_the_local_model(make_recipe) -> None:
-    recipe = make_recipe(num_examples=10, chunk_tokens=256, max_new_tokens=4)
+    recipe = make_recipe(num_examples=10, max_doc_tokens=512, chunk_tokens=256, max_new_tokens=4)
     report = run_synth(recipe, show_progress=False)
     assert report.planned == 4 + 3  # 4 QA pairs (RAG reuses 3 of them) + 3 books
     assert report.finished == 7 and report.resumed == 0

@@ -23,7 +23,9 @@ def test_paper_format_on_separate_lines() -> None:
 def test_one_line_and_markdown_labels() -> None:
     pair = parse_qa("Reasoning: about a duel. Question: Who won the duel? Answer: Paul, as the book says.")
     assert pair == QAPair("Who won the duel?", "Paul, as the book says.", "about a duel.")
-    pair = parse_qa("**Reasoning:** x\n\n**Question:** Why did Yueh betray them?\n\n**Answer:** To save Wanna.")
+    pair = parse_qa(
+        "**Reasoning:** x\n\n**Question:** Why did Yueh betray them?\n\n**Answer:** To save Wanna."
+    )
     assert pair == QAPair("Why did Yueh betray them?", "To save Wanna.", "x")
     assert parse_qa("question: lower case?\nANSWER: yes") == QAPair("lower case?", "yes")
 

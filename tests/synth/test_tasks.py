@@ -79,8 +79,9 @@ def test_recursive_summarization_terminates_on_any_length(n_chunks: int, growth:
         calls.append(len(prompts))
         return [p[-200:] * growth for p in prompts]
 
-    summary, levels, n_calls = summarize_recursively(verbose, [f"chunk {i} " * 5 for i in range(n_chunks)],
-                                                      len, budget)
+    summary, levels, n_calls = summarize_recursively(
+        verbose, [f"chunk {i} " * 5 for i in range(n_chunks)], len, budget
+    )
     assert summary
     assert levels <= 1 + math.ceil(math.log2(n_chunks)) if n_chunks > 1 else levels == 1
     assert n_calls == sum(calls) < 2 * n_chunks
@@ -118,7 +119,12 @@ def test_store_recovers_from_a_torn_write(tmp_path: Path) -> None:
     store.commit("pair/000002", [{"item": "pair/000002", "task": "rag"}], "ok")
     store.close()
     lines = journal_path(output).read_text().splitlines()
-    assert [json.loads(line).get("item") for line in lines] == [None, "pair/000000", "pair/000001", "pair/000002"]
+    assert [json.loads(line).get("item") for line in lines] == [
+        None,
+        "pair/000000",
+        "pair/000001",
+        "pair/000002",
+    ]
     with pytest.raises(ValueError, match="other synth settings"):
         SynthStore(output, {"seed": 2})
     journal_path(output).unlink()

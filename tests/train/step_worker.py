@@ -1,11 +1,13 @@
 """Run under torchrun (gloo): one step's loss and gradients under a parallel layout.
 
-    step_worker.py MODE OUT_DIR     MODE: single (one process: accumulation 4 and one packed batch of
-                                    the 4), dp2 (2 ranks, 2 sequences each), sp2 (2 ranks, one group),
-                                    dp2sp2 (4 ranks)
+    torchrun --nproc_per_node 2 step_worker.py OUT_DIR   reference, batch4, dp2 and sp2
+    torchrun --nproc_per_node 4 step_worker.py OUT_DIR   reference and dp2sp2
 
-The model goes through `parallelize` (Ulysses where sp > 1, activation checkpointing, FSDP2) and the
-loop's `accumulate_gradients`; rank 0 writes the loss and the full gradients to OUT_DIR/<name>.pt.
+The reference is one process with no parallelism at all: the plain model, each of the 4 sequences'
+loss sum divided by the total valid-token count, accumulated over 4 backward passes. "batch4" is the
+same plain model on one packed sequence holding all 4. The parallel layouts go through `parallelize`
+(Ulysses where sp > 1, activation checkpointing, FSDP2) and the loop's `accumulate_gradients`.
+Rank 0 writes each loss and the full gradients to OUT_DIR/<name>.pt.
 The sequences are SFT-like: two have every token trained, two only a few, so the data-parallel ranks
 hold very different numbers of valid tokens.
 """
@@ -51,7 +53,7 @@ def concatenated(seqs: list[PackedSequence]) -> PackedSequence:
     )
 
 
-def build(mesh: ParallelMesh) -> torch.nn.Module:
+def tiny_model() -> CausalLMWithChunkedLoss:
     torch.manual_seed(0)
     config = Qwen2Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -59,41 +61,53 @@ def build(mesh: ParallelMesh) -> torch.nn.Module:
     )
     model = Qwen2ForCausalLM(config).float()
     model.set_attn_implementation(register_attention("sdpa_per_doc"))
-    wrapped = CausalLMWithChunkedLoss(model, chunk_tokens=32)
-    return parallelize(wrapped, mesh, "sdpa_per_doc", activation_checkpointing=True)
+    return CausalLMWithChunkedLoss(model, chunk_tokens=32)
 
 
-def run(mesh: ParallelMesh, seqs: list[PackedSequence], out: Path, name: str) -> None:
-    model = build(mesh)
+def save(model: torch.nn.Module, loss: float, valid: int, path: Path) -> None:
+    grads = {}
+    for name, param in model.named_parameters():
+        grad = param.grad.full_tensor() if isinstance(param.grad, DTensor) else param.grad
+        grads[name] = grad.detach().clone()
+    if torch.distributed.get_rank() == 0:
+        torch.save({"loss": torch.tensor(loss), "valid": valid, "grads": grads}, path)
+
+
+def plain(seqs: list[PackedSequence], path: Path) -> None:
+    """One process, no parallelism: sum of token losses over the global valid count."""
+    model = tiny_model()
+    batches = [sequence_to_batch(s, "document", 1) for s in seqs]
+    valid = sum(b.num_valid_tokens for b in batches)
+    total = 0.0
+    for batch in batches:
+        loss_sum, _ = model(batch)
+        (loss_sum / valid).backward()
+        total += float(loss_sum)
+    save(model, total / valid, valid, path)
+
+
+def parallel(mesh: ParallelMesh, seqs: list[PackedSequence], path: Path) -> None:
+    model = parallelize(tiny_model(), mesh, "sdpa_per_doc", activation_checkpointing=True)
     batches = [sequence_to_batch(s, "document", mesh.sp_size) for s in seqs]
     result = accumulate_gradients(model, batches, mesh)
-    grads = {}
-    for param_name, param in model.named_parameters():
-        grad = param.grad.full_tensor() if isinstance(param.grad, DTensor) else param.grad
-        grads[param_name] = grad.detach().clone()
-    if mesh.is_main:
-        torch.save({"loss": torch.tensor(result.loss), "valid": result.num_valid_tokens, "grads": grads}, out / f"{name}.pt")
+    save(model, result.loss, result.num_valid_tokens, path)
 
 
-def main(mode: str, out_dir: str) -> None:
+def main(out_dir: str) -> None:
     out = Path(out_dir)
     seqs = sequences()
-    if mode == "single":
-        mesh = ParallelMesh.create(1)
-        run(mesh, seqs, out, "accum4")
-        run(mesh, [concatenated(seqs)], out, "batch4")
-    elif mode == "dp2":
-        mesh = ParallelMesh.create(1)
+    mesh = ParallelMesh.create(1)  # initialises the process group
+    plain(seqs, out / "reference.pt")
+    if mesh.world_size == 2:
+        plain([concatenated(seqs)], out / "batch4.pt")
         # rank 0: the two fully trained sequences, rank 1: the two with 6 trained tokens each
-        run(mesh, seqs[2 * mesh.dp_rank : 2 * mesh.dp_rank + 2], out, "dp2")
-    elif mode == "sp2":
+        parallel(mesh, seqs[2 * mesh.dp_rank : 2 * mesh.dp_rank + 2], out / "dp2.pt")
+        parallel(ParallelMesh.create(2), seqs, out / "sp2.pt")
+    else:
         mesh = ParallelMesh.create(2)
-        run(mesh, seqs, out, "sp2")
-    elif mode == "dp2sp2":
-        mesh = ParallelMesh.create(2)
-        run(mesh, seqs[2 * mesh.dp_rank : 2 * mesh.dp_rank + 2], out, "dp2sp2")
+        parallel(mesh, seqs[2 * mesh.dp_rank : 2 * mesh.dp_rank + 2], out / "dp2sp2.pt")
     torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1])

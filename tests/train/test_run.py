@@ -1,0 +1,132 @@
+"""Whole runs through `prolong train` in subprocesses: stage handoff and exports, exact resume after
+SIGKILL, a checkpoint write interrupted part way, and the checks made before anything starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_run import tiny_recipe, write_corpora, write_recipe
+
+from prolong.config import recipe_from_dict
+from prolong.errors import UserError
+from prolong.train.checkpoint import latest_checkpoint
+from prolong.train.metrics import read_metrics
+from prolong.train.stages import validate_run
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def prolong(*args: str, timeout: int = 300) -> None:
+    result = subprocess.run([sys.executable, "-m", "prolong", *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+    if result.returncode:
+        pytest.fail(f"prolong {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+
+
+def losses(stage_dir: Path) -> dict[int, float]:
+    """Loss per step; a resumed run's repeated steps keep their latest record."""
+    return {r["step"]: r["loss"] for r in read_metrics(stage_dir / "metrics.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Data built once, then all three stages uninterrupted in one process."""
+    root = tmp_path_factory.mktemp("tiny")
+    corpora = write_corpora(root / "raw")
+    recipe = tiny_recipe(corpora, root / "run", root / "data", {"train_vocab_size": 300})
+    path = write_recipe(recipe, root / "tiny.yaml")
+    prolong("data", "build", str(path))
+    prolong("train", str(path))
+    return {"root": root, "recipe": recipe, "path": path, "corpora": corpora}
+
+
+def _second_run(full_run: dict, name: str) -> tuple[dict, Path]:
+    """Same data and tokenizer, another output directory."""
+    root = full_run["root"]
+    tokenizer = {"path": str(root / "run" / "tokenizer")}
+    recipe = tiny_recipe(full_run["corpora"], root / name, root / "data", tokenizer)
+    return recipe, write_recipe(recipe, root / f"{name}.yaml")
+
+
+def test_stages_hand_over_and_export_plain_transformers(full_run: dict) -> None:
+    from transformers import AutoModelForCausalLM
+
+    run = full_run["root"] / "run"
+    for stage, theta, steps in (("stage1", 40000.0, 12), ("stage2", 160000.0, 4), ("sft", 160000.0, 3)):
+        export = run / stage / "export"
+        model = AutoModelForCausalLM.from_pretrained(export, attn_implementation="sdpa")
+        assert model.config.rope_parameters["rope_theta"] == theta
+        logits = model(torch.tensor([[1, 5, 7, 9]])).logits
+        assert torch.isfinite(logits).all()
+        assert sorted(losses(run / stage)) == list(range(1, steps + 1))
+        assert (run / stage / "plots" / "loss.png").is_file() and (run / stage / "plots" / "throughput.png").is_file()
+        assert (run / stage / "recipe.yaml").is_file()
+        kept = [p.name for p in (run / stage / "checkpoints").iterdir()]
+        assert len(kept) <= 2 and f"step_{steps:08d}" in kept
+    assert AutoModelForCausalLM.from_pretrained(run / "stage2" / "export").config.max_position_embeddings == 256
+    record = json.loads((run / "stage1" / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_device", "peak_memory_gb", "eta_s"):
+        assert key in record
+    first = losses(run / "stage1")
+    assert first[12] < first[1]  # it learns
+
+
+def test_sigkill_mid_stage_then_resume_is_bitwise(full_run: dict) -> None:
+    recipe, path = _second_run(full_run, "killed")
+    stage_dir = Path(recipe["output_dir"]) / "stage1"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prolong", "train", str(path), "--stage", "stage1"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while max(losses(stage_dir), default=0) < 6:  # past the step-4 checkpoint, before the step-8 one
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpoints = stage_dir / "checkpoints"
+    assert latest_checkpoint(checkpoints).name == "step_00000004"
+    assert not (stage_dir / "export").exists()
+
+    # what a kill during the next checkpoint write leaves behind: a partial step_00000008.tmp
+    partial = checkpoints / "step_00000008.tmp"
+    shutil.copytree(checkpoints / "step_00000004", partial)
+    (partial / "trainer_state.json").unlink()
+    for shard in partial.glob("*.distcp"):
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
+    assert latest_checkpoint(checkpoints).name == "step_00000004"
+
+    prolong("train", str(path), "--stage", "stage1", "--resume")
+    expected = losses(full_run["root"] / "run" / "stage1")
+    assert losses(stage_dir) == expected  # every step, bitwise (floats round-trip through JSON exactly)
+    assert not partial.exists()
+
+
+def test_refused_before_anything_starts(full_run: dict, tmp_path: Path) -> None:
+    recipe = dict(full_run["recipe"], output_dir=str(tmp_path / "never"))
+    recipe["stages"] = [dict(s) for s in recipe["stages"]]
+    recipe["stages"][0]["sequence_parallel"] = 3
+    with pytest.raises(Exception, match="sequence_parallel=3"):
+        validate_run(recipe_from_dict(recipe), recipe_from_dict(recipe).stages, world_size=3)
+    recipe["stages"][0]["sequence_parallel"] = 2
+    with pytest.raises(Exception, match="does not divide world size 3"):
+        validate_run(recipe_from_dict(recipe), recipe_from_dict(recipe).stages, world_size=3)
+    assert not (tmp_path / "never").exists()
+
+
+def test_existing_run_is_not_overwritten_without_resume(full_run: dict) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "prolong", "train", str(full_run["path"]), "--stage", "stage1"],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )
+    assert result.returncode == 2 and "--resume" in result.stderr
+    assert issubclass(UserError, ValueError)
