@@ -91,7 +91,7 @@ def plot_training(metrics: dict[str, list[dict[str, Any]]], path: Path) -> Path:
         for r in records:
             tokens += r["tokens"]
             xs.append(tokens / 1e6)
-        ax_loss.plot(xs, [r["loss"] for r in records], lw=1.4, label=name)
+        ax_loss.plot(xs, [r["loss"] for r in records], lw=1.4, marker="o", ms=3, label=name)
         ax_speed.bar(name, statistics.median(r["tokens_per_s"] for r in records))
         seen = tokens
     ax_loss.set_xlabel("tokens trained (millions)")
@@ -115,7 +115,7 @@ def plot_perplexity(perplexity: dict[str, dict[str, Any]], train_lengths: dict[s
     for name, result in perplexity.items():
         centers = [(b["start"] + b["end"]) / 2 for b in result["buckets"]]
         line, = ax.plot(centers, [b["loss"] for b in result["buckets"]], marker="o", ms=3, label=name)
-        if name in train_lengths:
+        if name in train_lengths and train_lengths[name] < result["seq_len"]:
             ax.axvline(train_lengths[name], color=line.get_color(), ls="--", lw=1, alpha=0.7)
     ax.set_xlabel("token position in the document (dashed: the model's training length)")
     ax.set_ylabel("mean next-token loss (nats)")

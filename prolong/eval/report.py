@@ -54,11 +54,11 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         tasks.setdefault(r["task"], {})[r["length"]] = r["metrics"].get(r["main_metric"], 0.0)
     categories: dict[str, dict[int, float]] = {}
     for category in REPORT_CATEGORIES:
-        members = [t for t in CATEGORIES[category] if t in tasks]
+        members = CATEGORIES[category]
         for length in lengths:
-            scores = [tasks[t][length] for t in members if length in tasks[t]]
-            # A category average needs all of its run tasks at that length, as in HELMET's tables.
-            if scores and len(scores) == len(members):
+            scores = [tasks[t][length] for t in members if length in tasks.get(t, {})]
+            # A category average needs every one of its tasks at that length, as in HELMET's tables.
+            if len(scores) == len(members):
                 categories.setdefault(category, {})[length] = sum(scores) / len(scores)
     return {"lengths": lengths, "tasks": tasks, "categories": categories}
 
