@@ -1,7 +1,7 @@
 """Build a recipe stage's shards: read sources, tokenize (cached per domain), pack, write atomically.
 
-Resumable: a finished shard whose build key (sources, tokenizer, lengths, seed, mode) matches is
-skipped, and the tokenized corpus of a domain is reused by every stage and length subset.
+Resumable: a finished shard whose build key (source files with their sizes and mtimes, tokenizer,
+lengths, seed, mode) matches is skipped; the tokenized corpus of a domain is reused by every stage.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from prolong.data.pack import (
     shuffled_order,
     write_shard,
 )
-from prolong.data.sources import DocumentStream, stable_seed
+from prolong.data.sources import DocumentStream, source_fingerprint, stable_seed
 from prolong.data.tokenize import TokenizedDocs, load_tokenizer, tokenize_documents, tokenizer_identity
 
 TOKENIZER_TRAIN_CHARS = 32 << 20  # text a demo tokenizer is trained on, split over the domains
@@ -53,7 +53,9 @@ def resolve_tokenizer(recipe: Recipe, show_progress: bool = True) -> str:
             from prolong.data.tokenizer_train import train_tokenizer
 
             if show_progress:
-                Console(stderr=True).print(f"training a {spec.train_vocab_size}-token BPE tokenizer into {out}")
+                Console(stderr=True).print(
+                    f"training a {spec.train_vocab_size}-token BPE tokenizer into {out}"
+                )
             train_tokenizer(recipe_texts(recipe), out, spec.train_vocab_size, name=f"{recipe.name}-bpe")
         return str(out)
     if recipe.model.path is None:
@@ -74,21 +76,39 @@ def recipe_texts(recipe: Recipe, max_chars: int = TOKENIZER_TRAIN_CHARS) -> Iter
                 break
 
 
-def tokenized_domain(recipe: Recipe, domain: DomainSpec, tokenizer_dir: str, identity: dict[str, str], workers: int | None, show_progress: bool) -> TokenizedDocs:
+def tokenized_domain(
+    recipe: Recipe,
+    domain: DomainSpec,
+    tokenizer_dir: str,
+    tokenizer: Any,
+    workers: int | None,
+    show_progress: bool,
+) -> TokenizedDocs:
     """The domain's tokenized corpus, built once and reused (keyed by sources, tokenizer and seed)."""
-    key = _key([s.model_dump() for s in domain.sources], domain.kind, identity["vocab_hash"], recipe.seed)
+    key = _key(
+        [s.model_dump() for s in domain.sources],
+        source_fingerprint(domain.sources),
+        domain.kind,
+        tokenizer_identity(tokenizer)["vocab_hash"],
+        recipe.seed,
+    )
     out = Path(recipe.data.shard_dir) / ".tokenized" / f"{domain.name}-{key}"
     if not (out / "meta.json").is_file():
         stream = DocumentStream(domain.sources, domain.kind, recipe.seed)
-        tokenize_documents(stream, tokenizer_dir, out, workers, f"tokenizing {domain.name}", show_progress)
+        tokenize_documents(
+            stream, tokenizer_dir, out, workers, f"tokenizing {domain.name}", show_progress, tokenizer
+        )
     return TokenizedDocs(out)
 
 
-def build_stage(recipe: Recipe, stage: StageSpec, workers: int | None = None, show_progress: bool = True) -> list[dict[str, Any]]:
+def build_stage(
+    recipe: Recipe, stage: StageSpec, workers: int | None = None, show_progress: bool = True
+) -> list[dict[str, Any]]:
     """Write every shard of `stage`; returns their meta (finished shards are skipped)."""
     console = Console(stderr=True, quiet=not show_progress)
     tokenizer_dir = resolve_tokenizer(recipe, show_progress)
-    identity = tokenizer_identity(load_tokenizer(tokenizer_dir))
+    tokenizer = load_tokenizer(tokenizer_dir)
+    identity = tokenizer_identity(tokenizer)
     workers = workers or recipe.data.num_workers
     metas = []
     for domain_name in dict.fromkeys(e.domain for e in stage.mixture):
@@ -97,16 +117,32 @@ def build_stage(recipe: Recipe, stage: StageSpec, workers: int | None = None, sh
         doc_lens = [e.doc_len or stage.seq_len for e in entries]
         targets = [shard_path(recipe.data.shard_dir, stage.name, domain_name, n) for n in doc_lens]
         key = _key(
-            [s.model_dump() for s in domain.sources], domain.model_dump(), identity, recipe.seed,
-            stage.seq_len, stage.attention, [(e.proportion, n) for e, n in zip(entries, doc_lens)],
+            source_fingerprint(domain.sources),
+            domain.model_dump(),
+            identity,
+            recipe.seed,
+            stage.seq_len,
+            stage.attention,
+            [(e.proportion, n) for e, n in zip(entries, doc_lens)],
         )
         if all(is_complete(t) and ShardReader(t).meta.get("build_key") == key for t in targets):
             console.print(f"[green]done[/] {stage.name}/{domain_name}: {', '.join(t.name for t in targets)}")
             metas += [ShardReader(t).meta for t in targets]
             continue
-        docs = tokenized_domain(recipe, domain, tokenizer_dir, identity, workers, show_progress)
-        metas += _pack_domain(recipe, stage, domain, docs, doc_lens, [e.proportion for e in entries], targets, identity, key, tokenizer_dir)
-        for meta in metas[-len(targets):]:
+        docs = tokenized_domain(recipe, domain, tokenizer_dir, tokenizer, workers, show_progress)
+        metas += _pack_domain(
+            recipe,
+            stage,
+            domain,
+            docs,
+            doc_lens,
+            [e.proportion for e in entries],
+            targets,
+            identity,
+            key,
+            tokenizer_dir,
+        )
+        for meta in metas[-len(targets) :]:
             console.print(
                 f"[green]wrote[/] {stage.name}/{meta['domain']}@{meta['doc_len']}: "
                 f"{meta['num_sequences']:,} sequences, {meta['num_tokens']:,} tokens"
@@ -116,8 +152,16 @@ def build_stage(recipe: Recipe, stage: StageSpec, workers: int | None = None, sh
 
 
 def _pack_domain(
-    recipe: Recipe, stage: StageSpec, domain: DomainSpec, docs: TokenizedDocs, doc_lens: list[int],
-    proportions: list[float], targets: list[Path], identity: dict[str, str], key: str, tokenizer_dir: str,
+    recipe: Recipe,
+    stage: StageSpec,
+    domain: DomainSpec,
+    docs: TokenizedDocs,
+    doc_lens: list[int],
+    proportions: list[float],
+    targets: list[Path],
+    identity: dict[str, str],
+    key: str,
+    tokenizer_dir: str,
 ) -> list[dict[str, Any]]:
     """Pack one domain into its length subsets (one shard each)."""
     seed = stable_seed(recipe.seed, stage.name, domain.name)
@@ -132,7 +176,9 @@ def _pack_domain(
         subsets = np.zeros(len(lengths), dtype=np.int64)
     sampling = domain.length_sampling
     repeats = (
-        length_sampling_repeats(lengths, sampling.threshold, sampling.long_factor, sampling.short_factor, seed)
+        length_sampling_repeats(
+            lengths, sampling.threshold, sampling.long_factor, sampling.short_factor, seed
+        )
         if sampling is not None
         else None
     )
@@ -162,7 +208,7 @@ def _pack_domain(
             "seed": recipe.seed,
             "build_key": key,
             "source_documents": counts["documents"],
-            "subset_documents": int(len(selected)),
+            "subset_documents": len(selected),
             "skipped_documents": skipped,
             "empty_documents": counts["empty"],
             "non_utf8_documents": counts["non_utf8"],

@@ -2,7 +2,7 @@
 
 The mask comes from the template itself: the text an assistant turn adds is the difference between
 rendering the conversation up to that turn and rendering the prefix before it with the generation
-prompt. Tokens whose first character falls in such a span are trained on. This works for any
+prompt. Tokens holding any character of such a span are trained on. This works for any
 template that renders prefixes consistently (Llama-3, Qwen2, Mistral, ours), without needing
 `{% generation %}` markers.
 """
@@ -23,7 +23,9 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: b
 def check_messages(messages: Any, where: str) -> list[dict[str, str]]:
     """Validate a conversation: a list of {role, content} with string content."""
     if not isinstance(messages, list) or not messages:
-        raise UserError(f"{where}: messages must be a non-empty list of {{role, content}}, got {type(messages).__name__}")
+        raise UserError(
+            f"{where}: messages must be a non-empty list of {{role, content}}, got {type(messages).__name__}"
+        )
     for turn in messages:
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
             fields = sorted(turn) if isinstance(turn, dict) else type(turn).__name__
@@ -59,8 +61,11 @@ def render_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple
     text, spans = assistant_spans(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(encoded["input_ids"], dtype=np.uint32)
-    starts = np.asarray([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
+    offsets = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    starts, ends = offsets[:, 0], offsets[:, 1]
     mask = np.zeros(len(ids), dtype=bool)
     for lo, hi in spans:
-        mask |= (starts >= lo) & (starts < hi)
+        # a token that straddles the boundary (e.g. "\n\n" = header newline + reply newline) carries
+        # assistant text, so it is trained on
+        mask |= (starts < hi) & (ends > lo)
     return ids, mask

@@ -49,13 +49,30 @@ def stats(shard_dir: str, plot: str | None = None) -> None:
         raise UserError(f"{root}: no finished shard found; run `prolong data build RECIPE` first")
     console = Console(width=None if sys.stdout.isatty() else 150)  # pipes would get 80 columns
     table = Table(title=f"shards under {root}")
-    for column in ("shard", "kind", "sequences", "tokens", "token share", "documents", "skipped", "empty", "non-UTF-8"):
+    for column in (
+        "shard",
+        "kind",
+        "sequences",
+        "tokens",
+        "token share",
+        "documents",
+        "skipped",
+        "empty",
+        "non-UTF-8",
+    ):
         table.add_column(column, justify="left" if column in ("shard", "kind") else "right")
     total = sum(s.tokens for s in shards) or 1
     for s in shards:
         table.add_row(
-            escape(s.name), s.kind, f"{s.sequences:,}", f"{s.tokens:,}", f"{100 * s.tokens / total:.1f}%",
-            f"{s.documents:,}", f"{s.skipped:,}", f"{s.empty:,}", f"{s.non_utf8:,}",
+            escape(s.name),
+            s.kind,
+            f"{s.sequences:,}",
+            f"{s.tokens:,}",
+            f"{100 * s.tokens / total:.1f}%",
+            f"{s.documents:,}",
+            f"{s.skipped:,}",
+            f"{s.empty:,}",
+            f"{s.non_utf8:,}",
         )
     console.print(table)
     lengths = length_stats(root)
@@ -140,7 +157,7 @@ def local_corpus(out_dir: str, max_mb: int = 24) -> None:
 
 def _texts(inputs: str) -> Iterator[str]:
     """Text of files matching `inputs`: JSONL rows (text, or chat message contents) or plain files."""
-    from prolong.data.sources import open_binary, expand_paths
+    from prolong.data.sources import expand_paths, open_binary
 
     for root in expand_paths(inputs):
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
@@ -155,7 +172,9 @@ def _texts(inputs: str) -> Iterator[str]:
                             continue
                         if isinstance(row, dict):
                             if isinstance(row.get("messages"), list):
-                                yield "\n".join(str(t.get("content", "")) for t in row["messages"] if isinstance(t, dict))
+                                yield "\n".join(
+                                    str(t.get("content", "")) for t in row["messages"] if isinstance(t, dict)
+                                )
                             else:
                                 yield "\n".join(v for v in row.values() if isinstance(v, str))
             else:

@@ -39,7 +39,9 @@ class PackedSequence:
 
     def __post_init__(self) -> None:
         if int(self.doc_lens.sum()) != len(self.input_ids):
-            raise ValueError(f"doc_lens sum to {int(self.doc_lens.sum())}, sequence has {len(self.input_ids)}")
+            raise ValueError(
+                f"doc_lens sum to {int(self.doc_lens.sum())}, sequence has {len(self.input_ids)}"
+            )
 
     @property
     def doc_starts(self) -> np.ndarray:
@@ -52,6 +54,18 @@ class PackedSequence:
         return int(np.square(self.doc_lens.astype(np.int64)).sum())
 
 
+def fresh_tmp_dir(path: str | Path) -> Path:
+    """An empty temporary sibling of `path` to build into, after removing those of dead builds."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()) or int(pid) == os.getpid():
+            shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted build
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def is_complete(path: str | Path) -> bool:
     """True when the shard directory was fully written (meta.json is renamed in last)."""
     return (Path(path) / "meta.json").is_file()
@@ -62,12 +76,10 @@ class ShardWriter:
 
     def __init__(self, path: str | Path, with_loss_mask: bool = False) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
-        self._tokens = open(self.tmp / "tokens.bin", "wb")
-        self._mask = open(self.tmp / "loss_mask.bin", "wb") if with_loss_mask else None
+        self.tmp = fresh_tmp_dir(self.path)
+        # held open across add() calls; close() or abort() closes them
+        self._tokens = open(self.tmp / "tokens.bin", "wb")  # noqa: SIM115
+        self._mask = open(self.tmp / "loss_mask.bin", "wb") if with_loss_mask else None  # noqa: SIM115
         # flat typed arrays: per-sequence numpy objects would cost ~100 bytes each on large shards
         self._seq_offsets = array("q", [0])
         self._doc_offsets = array("q", [0])
@@ -131,7 +143,9 @@ class ShardReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not is_complete(self.path):
-            raise FileNotFoundError(f"{self.path}: not a finished shard (no meta.json); run `prolong data build`")
+            raise FileNotFoundError(
+                f"{self.path}: not a finished shard (no meta.json); run `prolong data build`"
+            )
         self.meta: dict[str, Any] = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(

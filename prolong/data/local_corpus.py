@@ -52,9 +52,9 @@ def _read(path: Path) -> str | None:
 
 def _repo_files(directory: Path) -> Iterator[tuple[str, str]]:
     for path in sorted(directory.rglob("*")):
-        if path.suffix in CODE_SUFFIXES and path.is_file() and "__pycache__" not in path.parts:
-            if path.stat().st_size <= MAX_FILE_BYTES and (text := _read(path)) is not None:
-                yield path.relative_to(directory.parent).as_posix(), text
+        wanted = path.suffix in CODE_SUFFIXES and "__pycache__" not in path.parts and path.is_file()
+        if wanted and path.stat().st_size <= MAX_FILE_BYTES and (text := _read(path)) is not None:
+            yield path.relative_to(directory.parent).as_posix(), text
 
 
 _ROFF_FONT = re.compile(r"\\f[BIRP]|\\f\(..|\\\*\(..|\\&|\\e|\\s[-+]?\d|\\\||\\\^")
@@ -93,10 +93,18 @@ def _prose() -> Iterator[tuple[str, str]]:
         if root.is_dir():
             for path in sorted(root.rglob("*")):
                 name = path.name.lower()
-                wanted = name in {"copyright", "readme", "readme.md", "readme.txt"} or path.suffix in {".md", ".txt"}
-                if root.name == "common-licenses" or wanted:
-                    if path.is_file() and path.stat().st_size <= MAX_FILE_BYTES and (text := _read(path)):
-                        yield path.as_posix(), text
+                wanted = name in {"copyright", "readme", "readme.md", "readme.txt"} or path.suffix in {
+                    ".md",
+                    ".txt",
+                }
+                wanted = wanted or root.name == "common-licenses"
+                if (
+                    wanted
+                    and path.is_file()
+                    and path.stat().st_size <= MAX_FILE_BYTES
+                    and (text := _read(path))
+                ):
+                    yield path.as_posix(), text
     for repo, directory in _package_dirs():
         for path, text in _repo_files(directory):
             if path.endswith(".py") and (doc := _module_docstring(text)) and len(doc) > 200:
@@ -139,7 +147,7 @@ class _Budgeted:
 
     def __init__(self, path: Path, limit: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "w", encoding="utf-8")
+        self.file = open(path, "w", encoding="utf-8")  # noqa: SIM115  (closed by build_local_corpus)
         self.limit = limit
         self.size = 0
         self.rows = 0
@@ -158,8 +166,15 @@ class _Budgeted:
 def build_local_corpus(out_dir: str | Path, max_bytes: int = 24 << 20) -> dict[str, dict[str, int]]:
     """Write the local corpus (at most about `max_bytes`) into `out_dir`; returns rows and bytes per part."""
     out = Path(out_dir)
-    files = {name: _Budgeted(out / name / f, int(max_bytes * SHARES[name])) for name, f in
-             (("code", "repos.jsonl"), ("prose", "docs.jsonl"), ("short", "short.jsonl"), ("sft", "chat.jsonl"))}
+    files = {
+        name: _Budgeted(out / name / f, int(max_bytes * SHARES[name]))
+        for name, f in (
+            ("code", "repos.jsonl"),
+            ("prose", "docs.jsonl"),
+            ("short", "short.jsonl"),
+            ("sft", "chat.jsonl"),
+        )
+    }
     code, prose, short, sft = files["code"], files["prose"], files["short"], files["sft"]
     for repo, directory in _package_dirs():
         if code.full and sft.full:

@@ -86,7 +86,9 @@ class StageMixture:
             doc_len = entry.doc_len or stage.seq_len
             path = shard_path(shard_dir, stage.name, entry.domain, doc_len)
             if not is_complete(path):
-                raise UserError(f"{path}: shard missing or incomplete; run `prolong data build RECIPE --stage {stage.name}`")
+                raise UserError(
+                    f"{path}: shard missing or incomplete; run `prolong data build RECIPE --stage {stage.name}`"
+                )
             reader = ShardReader(path)
             if len(reader) == 0:
                 raise UserError(
@@ -94,13 +96,17 @@ class StageMixture:
                     "add data or lower the length"
                 )
             if reader.meta.get("seq_len") != stage.seq_len:
-                raise UserError(f"{path}: built for seq_len={reader.meta.get('seq_len')}, stage uses {stage.seq_len}; rebuild")
+                raise UserError(
+                    f"{path}: built for seq_len={reader.meta.get('seq_len')}, stage uses {stage.seq_len}; rebuild"
+                )
             if tokenizer is not None:
                 check_tokenizer(reader.meta, tokenizer)
             components.append(Component(entry.domain, doc_len, entry.proportion, reader))
         hashes = {c.reader.meta.get("tokenizer", {}).get("vocab_hash") for c in components}
         if len(hashes) > 1:
-            raise TokenizerMismatchError(f"shards of stage {stage.name!r} were built with different tokenizers: {sorted(map(str, hashes))}")
+            raise TokenizerMismatchError(
+                f"shards of stage {stage.name!r} were built with different tokenizers: {sorted(map(str, hashes))}"
+            )
         return cls(components, seed)
 
     @property
@@ -132,7 +138,9 @@ class StageMixture:
         while len(self._chunk_counts) <= c:
             done = len(self._chunk_counts) - 1
             comp, _ = self._chunk(done)
-            self._chunk_counts.append(self._chunk_counts[-1] + np.bincount(comp, minlength=len(self.components)))
+            self._chunk_counts.append(
+                self._chunk_counts[-1] + np.bincount(comp, minlength=len(self.components))
+            )
         return self._chunk_counts[c]
 
     def _permutation(self, k: int, epoch: int) -> np.ndarray:
@@ -173,13 +181,6 @@ class StageMixture:
             return reader.seq_len_of(i) ** 2
         return int(np.square(reader.doc_lens_of(i).astype(np.int64)).sum())
 
-    def num_valid_tokens(self, index: int) -> int:
-        """Tokens of sample `index` that carry a loss (assistant tokens for SFT, else all but the first)."""
-        sequence = self[index]
-        if sequence.loss_mask is not None:
-            return int(sequence.loss_mask.sum())
-        return len(sequence.input_ids)
-
     # ------------------------------------------------------------------ steps and ranks
     @staticmethod
     def indices_for_step(step: int, sequences_per_step: int) -> list[int]:
@@ -195,7 +196,9 @@ class StageMixture:
         the step is unchanged, so is the gradient.
         """
         if len(indices) % dp_size:
-            raise ValueError(f"{len(indices)} samples per step do not split over {dp_size} data-parallel ranks")
+            raise ValueError(
+                f"{len(indices)} samples per step do not split over {dp_size} data-parallel ranks"
+            )
         if not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank={dp_rank} outside [0, {dp_size})")
         if not reorder:

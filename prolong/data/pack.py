@@ -31,7 +31,9 @@ Piece = tuple[int, int, int]  # (document index, start token, stop token)
 
 
 # ------------------------------------------------------------------------------ document selection
-def assign_length_subsets(lengths: np.ndarray, doc_lens: Sequence[int], weights: Sequence[float], seed: int) -> np.ndarray:
+def assign_length_subsets(
+    lengths: np.ndarray, doc_lens: Sequence[int], weights: Sequence[float], seed: int
+) -> np.ndarray:
     """Subset index per document (-1: shorter than every doc_len), each document in exactly one subset.
 
     Documents are visited in a seeded order and each goes to the eligible subset (doc_len <= its length)
@@ -57,7 +59,9 @@ def assign_length_subsets(lengths: np.ndarray, doc_lens: Sequence[int], weights:
     return result
 
 
-def length_sampling_repeats(lengths: np.ndarray, threshold: int, long_factor: float, short_factor: float, seed: int) -> np.ndarray:
+def length_sampling_repeats(
+    lengths: np.ndarray, threshold: int, long_factor: float, short_factor: float, seed: int
+) -> np.ndarray:
     """How many times each document is used: factor floor + a seeded coin for the fraction."""
     factors = np.where(lengths >= threshold, long_factor, short_factor)
     coins = np.random.default_rng(stable_seed(seed, "length-sampling")).random(len(lengths))
@@ -71,12 +75,16 @@ def shuffled_order(documents: np.ndarray, repeats: np.ndarray | None, seed: int)
 
 
 # ------------------------------------------------------------------------------ plans
-def plan_long(order: Sequence[int], lengths: np.ndarray, seq_len: int, doc_len: int, seed: int) -> Iterator[list[Piece]]:
+def plan_long(
+    order: Sequence[int], lengths: np.ndarray, seq_len: int, doc_len: int, seed: int
+) -> Iterator[list[Piece]]:
     """Single-document chunks of exactly doc_len; seq_len // doc_len chunks of distinct documents each."""
     if seq_len % doc_len:
         raise ValueError(f"doc_len={doc_len} must divide seq_len={seq_len}")
     per_seq = seq_len // doc_len
-    chunks = [(int(d), k * doc_len, (k + 1) * doc_len) for d in order for k in range(int(lengths[d]) // doc_len)]
+    chunks = [
+        (int(d), k * doc_len, (k + 1) * doc_len) for d in order for k in range(int(lengths[d]) // doc_len)
+    ]
     if per_seq == 1:
         for chunk in chunks:
             yield [chunk]
@@ -135,7 +143,9 @@ def plan_sft(order: Sequence[int], lengths: np.ndarray, seq_len: int) -> Iterato
 
 
 # ------------------------------------------------------------------------------ writing
-def write_shard(docs: Any, plan: Iterator[list[Piece]], out: Any, meta: dict[str, Any], with_mask: bool) -> dict[str, Any]:
+def write_shard(
+    docs: Any, plan: Iterator[list[Piece]], out: Any, meta: dict[str, Any], with_mask: bool
+) -> dict[str, Any]:
     """Copy each planned sequence's token ranges (and mask) from `docs` into a new shard at `out`."""
     writer = ShardWriter(out, with_loss_mask=with_mask)
     try:

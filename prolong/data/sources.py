@@ -66,6 +66,15 @@ def expand_paths(pattern: str) -> list[Path]:
     return [Path(m) for m in matches]
 
 
+def source_fingerprint(sources: list[SourceSpec]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of every matched file or directory: a changed source invalidates caches."""
+    return [
+        (str(path), path.stat().st_size if path.is_file() else 0, path.stat().st_mtime_ns)
+        for source in sources
+        for path in expand_paths(source.path)
+    ]
+
+
 class _Progress:
     """Bytes of the source files consumed so far (for tokens/s and ETA)."""
 
@@ -76,11 +85,11 @@ class _Progress:
 
 def open_binary(path: Path) -> tuple[BinaryIO, BinaryIO]:
     """(decompressed stream, raw file) for .gz/.zst/plain files; the raw file's position tracks progress."""
-    raw = open(path, "rb")
+    raw = open(path, "rb")  # noqa: SIM115  (the caller closes both streams)
     name = path.name.lower()
     if name.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw), raw
-    if name.endswith(".zst") or name.endswith(".zstd"):
+    if name.endswith((".zst", ".zstd")):
         import zstandard
 
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)), raw  # type: ignore[arg-type]
@@ -103,11 +112,9 @@ class DocumentStream:
 
     def __iter__(self) -> Iterator[Document]:
         for source in self.sources:
-            produced = 0
-            for document in self._documents(source):
+            for produced, document in enumerate(self._documents(source)):
                 if source.max_documents is not None and produced >= source.max_documents:
                     break
-                produced += 1
                 self.counts.documents += 1
                 yield document
 
@@ -136,7 +143,9 @@ class DocumentStream:
             return conversation
         text = _field(row, source.text_field)
         if not isinstance(text, str):
-            raise UserError(f"{row.where}: field {source.text_field!r} should be text, got {type(text).__name__}")
+            raise UserError(
+                f"{row.where}: field {source.text_field!r} should be text, got {type(text).__name__}"
+            )
         return self._checked_text(text)
 
     def _checked_text(self, text: str) -> str | None:
@@ -171,7 +180,9 @@ class DocumentStream:
                 group_key, members = key, []
             text = _field(row, source.text_field)
             if not isinstance(text, str):
-                raise UserError(f"{row.where}: field {source.text_field!r} should be text, got {type(text).__name__}")
+                raise UserError(
+                    f"{row.where}: field {source.text_field!r} should be text, got {type(text).__name__}"
+                )
             name = str(_field(row, source.name_field)) if source.name_field else ""
             members.append((name, text))
         if members:
@@ -259,7 +270,9 @@ class DocumentStream:
                 try:
                     fields = json.loads(text)
                 except json.JSONDecodeError as error:
-                    raise UserError(f"{path}:{line_no}: malformed JSON ({error.msg} at column {error.colno})") from None
+                    raise UserError(
+                        f"{path}:{line_no}: malformed JSON ({error.msg} at column {error.colno})"
+                    ) from None
                 if not isinstance(fields, dict):
                     raise UserError(f"{path}:{line_no}: expected a JSON object, got {type(fields).__name__}")
                 yield Row(fields, f"{path}:{line_no}")

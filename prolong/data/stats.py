@@ -44,8 +44,11 @@ def find_shards(root: str | Path) -> list[Path]:
     if is_complete(root) and (root / "seq_offsets.npy").exists():
         return [root]
     return sorted(
-        p.parent for p in root.rglob("meta.json")
-        if (p.parent / "seq_offsets.npy").exists() and ".tokenized" not in p.parts and not p.parent.name.startswith(".")
+        p.parent
+        for p in root.rglob("meta.json")
+        if (p.parent / "seq_offsets.npy").exists()
+        and ".tokenized" not in p.parts
+        and not p.parent.name.startswith(".")
     )
 
 
@@ -54,9 +57,14 @@ def shard_stats(path: Path, root: Path) -> ShardStats:
     meta = ShardReader(path).meta
     name = path.relative_to(root).as_posix() if path != root else path.name
     return ShardStats(
-        name=name, kind=f"{meta.get('kind')}/{meta.get('attention')}", sequences=meta["num_sequences"],
-        tokens=meta["num_tokens"], documents=meta["num_documents"], skipped=meta.get("skipped_documents", 0),
-        empty=meta.get("empty_documents", 0), non_utf8=meta.get("non_utf8_documents", 0),
+        name=name,
+        kind=f"{meta.get('kind')}/{meta.get('attention')}",
+        sequences=meta["num_sequences"],
+        tokens=meta["num_tokens"],
+        documents=meta["num_documents"],
+        skipped=meta.get("skipped_documents", 0),
+        empty=meta.get("empty_documents", 0),
+        non_utf8=meta.get("non_utf8_documents", 0),
     )
 
 
@@ -79,7 +87,9 @@ def length_stats(root: str | Path) -> list[LengthStats]:
             sets[shard.name] = ShardReader(shard).doc_lens.astype(np.int64)
     return [
         LengthStats(
-            domain=name, documents=len(lengths), tokens=int(lengths.sum()),
+            domain=name,
+            documents=len(lengths),
+            tokens=int(lengths.sum()),
             longer_than={t: float((lengths > t).mean()) if len(lengths) else 0.0 for t in LENGTH_THRESHOLDS},
             lengths=lengths,
         )
@@ -99,7 +109,13 @@ def plot_lengths(stats: list[LengthStats], out: str | Path) -> Path:
     bins = np.logspace(0, np.log10(max(largest, 2)) + 0.05, 40)
     for s in stats:
         if len(s.lengths):
-            ax.hist(s.lengths, bins=bins, histtype="step", linewidth=1.5, label=f"{s.domain} ({s.documents:,} docs)")
+            ax.hist(
+                s.lengths,
+                bins=bins,
+                histtype="step",
+                linewidth=1.5,
+                label=f"{s.domain} ({s.documents:,} docs)",
+            )
     for t in LENGTH_THRESHOLDS:
         ax.axvline(t, color="grey", linestyle=":", linewidth=0.8)
     ax.set_xscale("log")

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 
-def eval(  # noqa: A001 - the command is called `eval`
+def eval(
     model_dir: str,
     tasks: str = "recall",
     lengths: str = "4096,8192",

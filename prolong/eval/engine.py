@@ -8,12 +8,15 @@ memory is the KV cache plus one block's activations.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+
+from prolong.eval import attention
 
 
 @dataclass
@@ -67,6 +70,7 @@ class HFEngine:
         self.pad_id = int(pad if pad is not None else 0)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._newline_ids: set[int] | None = None
+        attention.register()
 
     @property
     def device(self) -> torch.device:
@@ -121,9 +125,19 @@ class HFEngine:
             logits = self._forward(ids[:, start:end], mask[:, :end], positions[:, start:end], cache)
         return logits, cache, mask, positions[:, -1]
 
+    def _attention_for(self, batch_size: int) -> contextlib.AbstractContextManager:
+        """Mask-free chunked attention for one unpadded SDPA prompt; padded batches keep masked SDPA."""
+        if batch_size == 1 and self.model.config._attn_implementation == "sdpa":
+            return attention.use_attention(self.model, attention.NAME)
+        return contextlib.nullcontext()
+
     @torch.inference_mode()
     def _generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                         stop_newline: bool) -> list[Generation]:
+        with self._attention_for(len(prompts)):
+            return self._greedy(prompts, max_new_tokens, stop_newline)
+
+    def _greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_newline: bool) -> list[Generation]:
         logits, cache, mask, last_pos = self.prefill(prompts)
         stops = self.eos_ids | (self.newline_ids() if stop_newline else set())
         stop_tensor = torch.tensor(sorted(stops), device=self.device, dtype=torch.long)

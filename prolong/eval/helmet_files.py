@@ -230,9 +230,10 @@ def infbench(kind: str, data_dir: Path, length: int, num_examples: int, seed: in
         if kind == "choice":
             letters = "ABCD"
             options = "\n".join(f"{letters[j]}. {o}" for j, o in enumerate(r["options"]))
-            gold = [f"{letters[r['options'].index(a)]}" for a in answers if a in r["options"]]
+            letter = next((letters[r["options"].index(a)] for a in answers if a in r["options"]), "")
             template = P.fill(INFBENCH_CHOICE_TEMPLATE, demo="", question=r["input"], options=options)
-            return P.Example(f"infbench_choice-{i}", template, r["context"], P.RAG_PREFIX, gold + answers)
+            return P.Example(f"infbench_choice-{i}", template, r["context"], P.RAG_PREFIX, answers,
+                             {"gold_letter": letter})
         template = P.fill(INFBENCH_QA_TEMPLATE, demo="", question=r["input"])
         return P.Example(f"infbench_qa-{i}", template, r["context"], P.RAG_PREFIX, answers, {"question": r["input"]})
 

@@ -18,10 +18,11 @@ def _pyplot() -> Any:
 
 
 def plot_score_vs_length(summary: dict[str, Any], path: Path) -> Path:
-    """One line per category (tasks dashed when only one length category exists)."""
+    """One line per complete category, or per task when no category is complete."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    series = summary["categories"] or {t: s for t, s in summary["tasks"].items()}
+    by = "category" if summary["categories"] else "task"  # tasks when no category is complete
+    series = summary["categories"] or summary["tasks"]
     for name, scores in series.items():
         xs = sorted(scores)
         ax.plot(xs, [scores[x] for x in xs], marker="o", label=name)
@@ -30,7 +31,7 @@ def plot_score_vs_length(summary: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("score (x100)")
     ax.set_ylim(-2, 102)
-    ax.set_title("score vs length by category")
+    ax.set_title(f"score vs length by {by}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -63,7 +64,8 @@ def plot_depth_heatmap(results: list[dict[str, Any]], task: str, path: Path, bin
     plt = _pyplot()
     lengths, grid = depth_grid(results, task, bins)
     fig, ax = plt.subplots(figsize=(1.2 * len(lengths) + 3, 5))
-    image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="lightgray")  # gray: depth bins without examples
+    image = ax.imshow(grid, cmap=cmap, vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n >= 1024 else str(n) for n in lengths])
     ax.set_yticks(range(bins), [f"{100 * i // bins}%" for i in range(bins)])
     ax.set_xlabel("context length")

@@ -7,7 +7,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from prolong.eval import metrics as M
 from prolong.eval import protocol as P
@@ -77,10 +84,14 @@ def evaluate(engine: Engine, tokenizer: Any, tasks: str | Sequence[str], lengths
                 if path.exists():  # finished on an earlier run
                     bars.advance(overall)
                     continue
-                bar = bars.add_task(f"{task} @ {length}", total=num_examples)
+                bar = bars.add_task(f"{task} @ {length}: building prompts", total=num_examples)
                 started = time.perf_counter()
+
+                def advance(n: int, bar: int = bar, name: str = f"{task} @ {length}") -> None:
+                    bars.update(bar, description=name, advance=n)
+
                 rows = run_task(engine, tokenizer, task, length, num_examples, seed, use_chat, data_dir,
-                                essay_path, depths, judge, on_done=lambda n, bar=bar: bars.advance(bar, n))
+                                essay_path, depths, judge, on_done=advance)
                 run_args = {**(args or {}), "task": task, "length": length, "num_examples": num_examples,
                             "seed": seed, "chat": use_chat, "data_dir": data_dir, "essay_path": essay_path,
                             "max_new_tokens": TASKS[task].max_new_tokens, "judge": judge is not None,

@@ -59,8 +59,12 @@ def run_short(model: Any, tasks: list[str] | None = None, tokenizer: Any = None,
               device: str | None = None) -> dict[str, dict[str, float]]:
     """lm_eval.simple_evaluate on a model path or an in-memory HF model; {task: {metric: value}}."""
     lm_eval = _lm_eval()
+    import importlib.util
+
     from lm_eval.tasks import TaskManager
 
+    if importlib.util.find_spec("accelerate") is None:  # lm-eval's HF backend imports it at load time
+        raise UserError("lm-eval's Hugging Face backend needs `accelerate`: pip install accelerate")
     tasks = tasks or SHORT_TASKS
     with tempfile.TemporaryDirectory() as tmp:
         include = [tasks_dir] if tasks_dir else []

@@ -68,17 +68,26 @@ def fit(build: Callable[[int], P.Example], cfg: SynthConfig, hint: int, lo: int 
 
     if not fits(lo):
         raise ValueError(f"length {cfg.length} is too short for this task even with an empty haystack")
-    good, bad = lo, None
-    probe = max(hint, lo + 1)
-    while bad is None:  # gallop up from the hint until a size does not fit
-        if probe > hi:
-            if fits(hi):
+    # Sizes of consecutive examples differ by a few percent: bracket the hint with small, doubling steps.
+    step = max(1, hint // 64)
+    probe = min(max(hint, lo + 1), hi)
+    if fits(probe):
+        good, bad = probe, None
+        while bad is None:
+            if good == hi:
                 return hi, build(hi)
-            bad = hi
-        elif fits(probe):
-            good, probe = probe, probe * 2
-        else:
-            bad = probe
+            probe = min(good + step, hi)
+            if fits(probe):
+                good, step = probe, step * 2
+            else:
+                bad = probe
+    else:
+        good, bad = lo, probe
+        while bad - step > lo:
+            if fits(bad - step):
+                good = bad - step
+                break
+            bad, step = bad - step, step * 2
     while bad - good > 1:
         mid = (good + bad) // 2
         good, bad = (mid, bad) if fits(mid) else (good, mid)
@@ -195,11 +204,11 @@ def niah(task: str, cfg: SynthConfig, num_examples: int) -> list[P.Example]:
     spec = NIAH_SPECS[task]
     template, prefix, kind = niah_templates(spec)
     words = essay_words(cfg.essay_path) if spec.haystack == "essay" else ()
+    draw_key = uuid4 if spec.key == "uuids" else word_key
+    draw_value = uuid4 if spec.value == "uuids" else number_value
     examples, hint = [], 64
     for i in range(num_examples):
         rng, depth = cfg.rng(task, i), cfg.depth(i, num_examples)
-        draw_key = uuid4 if spec.key == "uuids" else word_key
-        draw_value = uuid4 if spec.value == "uuids" else number_value
         keys: list[str] = []
         while len(keys) < spec.num_keys:
             k = draw_key(rng)
@@ -213,8 +222,7 @@ def niah(task: str, cfg: SynthConfig, num_examples: int) -> list[P.Example]:
         pool = ESSAY_DEPTHS if spec.haystack == "essay" else None
         depths = [depth if j == first else (rng.choice(pool) if pool else rng.random()) for j in range(len(needles))]
         offset = rng.randrange(len(words)) if words else 0
-        distractors = Stream(rng, lambda r: _needle(spec.value, word_key(r) if spec.key == "words" else uuid4(r),
-                                                    draw_value(r)))
+        distractors = Stream(rng, lambda r: _needle(spec.value, draw_key(r), draw_value(r)))
         query_keys = [keys[k] for k in queried]
         query = query_keys[0] if len(query_keys) == 1 else ", ".join(query_keys[:-1]) + ", and " + query_keys[-1]
         answers = [v for k in queried for v in values[k]]
@@ -223,7 +231,7 @@ def niah(task: str, cfg: SynthConfig, num_examples: int) -> list[P.Example]:
 
         def build(n: int, extra: int = 0, depths: list[float] = depths, offset: int = offset, distractors: Stream = distractors,
                   needles: list = needles, filled: str = filled, filled_prefix: str = filled_prefix,
-                  answers: list = answers, depth: float = depth) -> P.Example:
+                  answers: list = answers, depth: float = depth, i: int = i) -> P.Example:
             inserts = list(zip(depths, [text for _, text in needles]))
             if spec.haystack == "noise":
                 context = "\n".join(_place([NOISE] * n, inserts))
@@ -279,7 +287,7 @@ def variable_tracking(cfg: SynthConfig, num_examples: int, num_hops: int = 4) ->
         prefix = P.fill(P.VT_PREFIX, num_v=str(num_hops + 1), query=value)
 
         def build(n: int, lines: list = lines, positions: list = positions, template: str = template,
-                  prefix: str = prefix, names: list = names, depth: float = depth) -> P.Example:
+                  prefix: str = prefix, names: list = names, depth: float = depth, i: int = i) -> P.Example:
             return P.Example(f"ruler_vt-{i}", template, _vt_text(lines, n, positions), prefix, list(names),
                              {"depth": depth, "haystack_size": n})
 
@@ -341,7 +349,7 @@ def frequent_words(cfg: SynthConfig, num_examples: int, alpha: float = 2.0, voca
         coded[0] = "...."
         stream = Stream(rng, lambda r: r.choices(range(vocab_size), weights=weights)[0])
 
-        def build(n: int, stream: Stream = stream, coded: list = coded) -> P.Example:
+        def build(n: int, stream: Stream = stream, coded: list = coded, i: int = i) -> P.Example:
             ranks = stream.take(n)
             counts = Counter(r for r in ranks if r != 0)
             # Ties broken by Zipf rank so the answer is deterministic.

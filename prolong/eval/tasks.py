@@ -129,7 +129,12 @@ def score(spec: TaskSpec, output: str, example: P.Example, chat: bool, judge: An
         return {"ndcg@10": M.ndcg_at_10(ranking, example.meta["qrels"], example.meta["qid"]),
                 "num_ranked": float(len(ranking))}
     if spec.scorer == "choice":
-        return M.qa_metrics(text, example.answers, prefix)
+        # Letters are not compared through normalize_answer, which deletes the article "A".
+        parsed = M.parse_output(text, prefix)
+        letter = parsed.strip().lstrip("([").strip()[:1]
+        by_letter = float(bool(letter) and letter == example.meta.get("gold_letter"))
+        return {"exact_match": max(by_letter, M.exact_match(parsed, example.answers)),
+                "substring_exact_match": max(by_letter, M.substring_exact_match(parsed, example.answers))}
     metrics = dict(M.rouge_l(M.parse_output(text, prefix) or output, example.answers))
     if spec.scorer == "qa":
         metrics.update(M.qa_metrics(text, example.answers, prefix))

@@ -228,6 +228,8 @@ def document_attention(
     if backend == "sdpa_per_doc":
         return _sdpa_per_doc(q_THD, k_THD, v_THD, cu_seqlens, scale, sliding_window)
     kernel = _varlen if backend == "varlen" else _flash_attn
+    # The CUDA kernels want densely packed [T, heads, D]; inputs from transformers are transposed views.
+    q_THD, k_THD, v_THD = (x.contiguous() for x in (q_THD, k_THD, v_THD))
     return kernel(q_THD, k_THD, v_THD, cu_seqlens, int(max_seqlen), scale, sliding_window)
 
 
@@ -275,7 +277,14 @@ def _dense_causal(
     return out.transpose(1, 2)
 
 
-def _make_attention_function(backend: str) -> Callable[..., tuple[torch.Tensor, None]]:
+DocumentKernel = Callable[..., torch.Tensor]
+"""Signature of document_attention: (q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, scale, backend,
+sliding_window) -> out_THD. A sequence-parallel wrapper with this signature can be registered in its place."""
+
+
+def _make_attention_function(
+    backend: str, kernel: DocumentKernel
+) -> Callable[..., tuple[torch.Tensor, None]]:
     def prolong_attention(
         module: torch.nn.Module,
         query: torch.Tensor,
@@ -287,7 +296,11 @@ def _make_attention_function(backend: str) -> Callable[..., tuple[torch.Tensor, 
         sliding_window: int | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
-        """transformers attention function: query [B, H, Tq, D], key/value [B, H_kv, Tk, D] -> [B, Tq, H, D]."""
+        """transformers attention function: query [B, H, Tq, D], key/value [B, H_kv, Tk, D] -> [B, Tq, H, D].
+
+        Training (one packed row, no cache, cu_seq_lens_q given or position ids restarting at 0) goes to
+        the document kernel; anything else (batches with padding, KV-cache decoding) to plain causal SDPA.
+        """
         if dropout:
             raise ValueError(
                 "prolong attention does not implement attention dropout; set attention_dropout=0"
@@ -299,37 +312,34 @@ def _make_attention_function(backend: str) -> Callable[..., tuple[torch.Tensor, 
         max_seqlen = kwargs.get("max_length_q")
         packed = batch_size == 1 and q_len == kv_len
         mask_is_trivial = attention_mask is None or (attention_mask.dim() == 2 and bool(attention_mask.all()))
-        if cu_seqlens is None and packed and mask_is_trivial and backend != "cross_document":
-            # No explicit boundaries: fall back to restarts of the position ids (0 starts a document).
-            position_ids = kwargs.get("position_ids")
-            if position_ids is not None and position_ids.shape[-1] == q_len:
+        if cu_seqlens is None and packed and mask_is_trivial:
+            if backend == "cross_document":
+                cu_seqlens = torch.tensor([0, q_len], dtype=torch.int32, device=query.device)
+            elif (position_ids := kwargs.get("position_ids")) is not None and position_ids.shape[-1] == q_len:
+                # No explicit boundaries: restarts of the position ids (0 starts a document) give them.
                 cu_seqlens = cu_seqlens_from_position_ids(position_ids)
-                max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        if backend == "cross_document" and packed and mask_is_trivial:
-            cu_seqlens = torch.tensor([0, q_len], dtype=torch.int32, device=query.device)
-            max_seqlen = q_len
-        if cu_seqlens is not None:
-            if not packed:
-                raise ValueError(
-                    f"cu_seq_lens_q needs one packed row with no KV cache; got batch {batch_size}, "
-                    f"{q_len} queries, {kv_len} keys (pass use_cache=False)"
-                )
-            if not mask_is_trivial:
-                raise ValueError("pass either cu_seq_lens_q or an attention_mask with padding, not both")
-            if max_seqlen is None:
-                max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-            out_THD = document_attention(
-                query[0].transpose(0, 1),
-                key[0].transpose(0, 1),
-                value[0].transpose(0, 1),
-                cu_seqlens,
-                int(max_seqlen),
-                scale,
-                backend="sdpa_per_doc" if backend == "cross_document" else backend,
-                sliding_window=sliding_window,
+        if cu_seqlens is None:
+            return _dense_causal(query, key, value, attention_mask, scale, sliding_window), None
+        if not packed:
+            raise ValueError(
+                f"cu_seq_lens_q needs one packed row with no KV cache; got batch {batch_size}, "
+                f"{q_len} queries, {kv_len} keys (pass use_cache=False)"
             )
-            return out_THD.unsqueeze(0), None
-        return _dense_causal(query, key, value, attention_mask, scale, sliding_window), None
+        if not mask_is_trivial:
+            raise ValueError("pass either cu_seq_lens_q or an attention_mask with padding, not both")
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        out_THD = kernel(
+            query[0].transpose(0, 1),
+            key[0].transpose(0, 1),
+            value[0].transpose(0, 1),
+            cu_seqlens,
+            int(max_seqlen),
+            scale,
+            backend=backend,
+            sliding_window=sliding_window,
+        )
+        return out_THD.unsqueeze(0), None
 
     prolong_attention.__name__ = f"prolong_attention_{backend}"
     return prolong_attention
@@ -340,17 +350,24 @@ def attention_name(backend: str) -> str:
     return ATTENTION_NAME if backend == "auto" else f"{ATTENTION_NAME}_{backend}"
 
 
-def register_attention(backend: str = "auto", device: torch.device | str | None = None) -> str:
+def register_attention(
+    backend: str = "auto",
+    device: torch.device | str | None = None,
+    kernel: DocumentKernel | None = None,
+    name: str | None = None,
+) -> str:
     """Register prolong's attention with transformers and return the `attn_implementation` name to use.
 
     "auto" chooses the backend at each call from the device and dtype of the query, so a model loaded on
     CPU and moved to a GPU picks up the GPU kernel. A forced backend is checked now against `device`
     (default: CUDA when present, else CPU) and raises BackendUnavailableError if it cannot run there.
+    kernel/name: register a replacement for document_attention (e.g. the Ulysses all-to-all wrapper) under
+    another name, reusing the transformers plumbing here.
     """
     if backend != "auto":
         resolve_backend(backend, device)
-    name = attention_name(backend)
-    AttentionInterface.register(name, _make_attention_function(backend))
+    name = name or attention_name(backend)
+    AttentionInterface.register(name, _make_attention_function(backend, kernel or document_attention))
     # Without a mask function transformers drops the 2D padding mask for custom attention names. The
     # flash-attention one passes padding through as [B, Tk] and returns None otherwise: it never builds a
     # [T, T] mask for packed training sequences. (Guarded by test_generation_with_cache_and_padding.)

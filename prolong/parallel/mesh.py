@@ -35,7 +35,9 @@ def validate_sequence_parallel(
             "(Ulysses gives each rank whole heads); choose a divisor of the head count"
         )
     if num_key_value_heads is not None and num_attention_heads % num_key_value_heads:
-        raise UserError(f"{num_attention_heads} query heads are not a multiple of {num_key_value_heads} KV heads")
+        raise UserError(
+            f"{num_attention_heads} query heads are not a multiple of {num_key_value_heads} KV heads"
+        )
 
 
 def init_distributed() -> None:
@@ -76,7 +78,9 @@ class ParallelMesh:
             device_type, device = "cuda", torch.device("cuda", torch.cuda.current_device())
         else:
             device_type, device = "cpu", torch.device("cpu")
-        mesh = init_device_mesh(device_type, (world // sequence_parallel, sequence_parallel), mesh_dim_names=("dp", "sp"))
+        mesh = init_device_mesh(
+            device_type, (world // sequence_parallel, sequence_parallel), mesh_dim_names=("dp", "sp")
+        )
         fsdp_mesh = init_device_mesh(device_type, (world,), mesh_dim_names=("fsdp",))
         return cls(mesh=mesh, fsdp_mesh=fsdp_mesh, device=device)
 

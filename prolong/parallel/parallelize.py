@@ -1,6 +1,6 @@
 """Apply parallelism to a model, in one place and in one order:
 
-    sequence parallelism -> activation checkpointing per decoder layer -> FSDP2 per decoder layer, then root.
+sequence parallelism -> activation checkpointing per decoder layer -> FSDP2 per decoder layer, then root.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ def parallelize(
     hf_model = hf_model_of(model)
     config = hf_model.config
     validate_sequence_parallel(
-        mesh.sp_size, mesh.world_size, config.num_attention_heads, getattr(config, "num_key_value_heads", None)
+        mesh.sp_size,
+        mesh.world_size,
+        config.num_attention_heads,
+        getattr(config, "num_key_value_heads", None),
     )
     if mesh.sp_size > 1:
         hf_model.set_attn_implementation(register_ulysses_attention(mesh.sp_group, attention_backend))

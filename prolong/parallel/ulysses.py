@@ -118,11 +118,15 @@ def register_ulysses_attention(group: dist.ProcessGroup, backend: str, name: str
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
         if dropout:
-            raise ValueError("Ulysses attention does not implement attention dropout; set attention_dropout=0")
+            raise ValueError(
+                "Ulysses attention does not implement attention dropout; set attention_dropout=0"
+            )
         if query.shape[0] != 1:
             raise ValueError(f"packed batches have batch size 1, got {query.shape[0]}")
         if "cu_seq_lens_q" not in kwargs:
-            raise ValueError("Ulysses attention needs the batch's boundaries: call the model with attention_kwargs")
+            raise ValueError(
+                "Ulysses attention needs the batch's boundaries: call the model with attention_kwargs"
+            )
         cu_seqlens = kwargs["cu_seq_lens_q"]
         max_seqlen = int(kwargs["max_length_q"])
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
@@ -178,4 +182,3 @@ def sp_shard_batch(batch: PackedBatch, sp_rank: int, sp: int) -> PackedBatch:
         cu_seqlens=cu_seqlens,
         max_seqlen=max_seqlen,
     )
-

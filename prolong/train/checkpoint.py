@@ -92,7 +92,9 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, mesh: ParallelMesh) -> dict:
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, mesh: ParallelMesh
+) -> dict:
     """Restore model, optimizer and this rank's RNG state from `path`; returns the trainer state."""
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}

@@ -100,7 +100,9 @@ def accumulate_gradients(model: nn.Module, batches: list[PackedBatch], mesh: Par
     local_cost = sum(b.attention_cost for b in batches)
     local_tokens = sum(b.seq_len for b in batches)
     # counted over "dp" only: the ranks of one SP group hold the same sequences
-    global_valid, global_cost, global_tokens = mesh.all_reduce_sum([local_valid, local_cost, local_tokens], "dp")
+    global_valid, global_cost, global_tokens = mesh.all_reduce_sum(
+        [local_valid, local_cost, local_tokens], "dp"
+    )
     scale = mesh.world_size / max(global_valid, 1.0)
     loss_sum = torch.zeros((), dtype=torch.float64, device=mesh.device)
     for batch in batches:
@@ -126,7 +128,9 @@ def train_step(
     """
     result = accumulate_gradients(model, batches, mesh)
     result.grad_norm = _global_grad_norm(model, grad_clip)
-    result.skipped = not (math.isfinite(result.loss) and math.isfinite(result.grad_norm)) or result.num_valid_tokens == 0
+    result.skipped = (
+        not (math.isfinite(result.loss) and math.isfinite(result.grad_norm)) or result.num_valid_tokens == 0
+    )
     if not result.skipped:
         set_lr(optimizer, lr)
         optimizer.step()
@@ -159,7 +163,9 @@ class _Reporter:
                 TimeRemainingColumn(),
                 console=self.console,
             )
-            self.task = self.progress.add_task("train", total=run.num_steps, completed=run.start_step, info="")
+            self.task = self.progress.add_task(
+                "train", total=run.num_steps, completed=run.start_step, info=""
+            )
             self.progress.start()
 
     def step(self, record: dict, log: bool) -> None:
@@ -174,7 +180,9 @@ class _Reporter:
         if self.progress is not None:
             self.progress.update(self.task, completed=record["step"], info=info)
         elif log:
-            self.console.print(f"step {record['step']}/{record['num_steps']}  {info}  eta {record['eta_s']:.0f}s")
+            self.console.print(
+                f"step {record['step']}/{record['num_steps']}  {info}  eta {record['eta_s']:.0f}s"
+            )
 
     def event(self, message: str, **fields: object) -> None:
         if self.enabled:
@@ -231,10 +239,18 @@ def run_stage(run: StageRun) -> None:
                 "eta_s": sum(recent) / len(recent) * (run.num_steps - step - 1),
             }
             done = step + 1
-            reporter.step(record, log=done % training.log_every == 0 or done == run.num_steps or result.skipped)
+            reporter.step(
+                record, log=done % training.log_every == 0 or done == run.num_steps or result.skipped
+            )
             if bad_in_a_row >= training.max_bad_steps:
                 path = save_checkpoint(
-                    run.checkpoint_dir, done, run.model, run.optimizer, run.trainer_state, mesh, training.keep_checkpoints
+                    run.checkpoint_dir,
+                    done,
+                    run.model,
+                    run.optimizer,
+                    run.trainer_state,
+                    mesh,
+                    training.keep_checkpoints,
                 )
                 raise TrainingStopped(
                     f"stage {stage.name!r} stopped at step {done}: {bad_in_a_row} steps in a row had a non-finite "
@@ -243,7 +259,13 @@ def run_stage(run: StageRun) -> None:
                 )
             if done % training.checkpoint_every == 0 or done == run.num_steps:
                 save_checkpoint(
-                    run.checkpoint_dir, done, run.model, run.optimizer, run.trainer_state, mesh, training.keep_checkpoints
+                    run.checkpoint_dir,
+                    done,
+                    run.model,
+                    run.optimizer,
+                    run.trainer_state,
+                    mesh,
+                    training.keep_checkpoints,
                 )
     finally:
         reporter.close()

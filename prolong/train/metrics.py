@@ -11,7 +11,14 @@ import torch
 from transformers import PretrainedConfig
 
 # dense bf16 peak of one device, for MFU; a device not listed gets no MFU rather than a guessed one
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12}
+PEAK_BF16_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "H800": 989e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "L40S": 362e12,
+}
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -110,7 +117,10 @@ def plot_stage(metrics_path: Path, out_dir: Path, title: str) -> list[Path]:
     by_step = {r["step"]: r for r in records}
     steps = sorted(by_step)
     written = []
-    for name, key, label in (("loss", "loss", "loss (mean over valid tokens)"), ("throughput", "tokens_per_s", "tokens/s")):
+    for name, key, label in (
+        ("loss", "loss", "loss (mean over valid tokens)"),
+        ("throughput", "tokens_per_s", "tokens/s"),
+    ):
         values = [by_step[s].get(key) for s in steps]
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot(steps, values, lw=1.2)

@@ -16,7 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from prolong.config import Recipe, StageSpec, derived_numbers, save_recipe, warmup_steps
@@ -26,6 +30,7 @@ from prolong.errors import UserError
 from prolong.model.attention import register_attention
 from prolong.model.io import init_model, load_model, load_tokenizer, parse_dtype, save_model
 from prolong.model.loss import CausalLMWithChunkedLoss
+from prolong.model.rope import apply_rope_config, set_model_rope
 from prolong.parallel.mesh import ParallelMesh, validate_sequence_parallel
 from prolong.parallel.parallelize import hf_model_of, parallelize
 from prolong.train.checkpoint import latest_checkpoint, load_checkpoint, load_optimizer_state
@@ -72,7 +77,9 @@ def model_source(recipe: Recipe, index: int) -> Path:
 def tokenizer_dir(recipe: Recipe) -> str:
     """The recipe's tokenizer, which `prolong data build` has already made when it is trained locally."""
     if recipe.tokenizer.train_vocab_size is not None and not (Path(recipe.output_dir) / "tokenizer").is_dir():
-        raise UserError(f"no tokenizer under {recipe.output_dir}/tokenizer yet; run `prolong data build` first")
+        raise UserError(
+            f"no tokenizer under {recipe.output_dir}/tokenizer yet; run `prolong data build` first"
+        )
     return resolve_tokenizer(recipe, show_progress=False)
 
 
@@ -118,23 +125,59 @@ def ensure_init_model(recipe: Recipe, mesh: ParallelMesh, tokenizer: PreTrainedT
     mesh.barrier()
 
 
-def build_model(recipe: Recipe, stage: StageSpec, source: Path, mesh: ParallelMesh) -> CausalLMWithChunkedLoss:
-    """Load the stage's starting weights with its rope config, wrap the chunked loss, parallelize."""
+def build_model(
+    recipe: Recipe, stage: StageSpec, source: Path, mesh: ParallelMesh
+) -> CausalLMWithChunkedLoss:
+    """Load the stage's starting weights with its rope config, wrap the chunked loss, parallelize.
+
+    Only rank 0 reads the checkpoint; the other ranks build the same modules on the meta device (no
+    memory) and receive their shards from rank 0 once sharded, so a node holds one full copy of the
+    weights in host memory rather than one per GPU.
+    """
     backend = recipe.training.attention_backend
+    attn_implementation = register_attention(backend)
+    trust = recipe.model.trust_remote_code
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust, local_files_only=True)
     rope = stage.rope
-    original = AutoConfig.from_pretrained(source, local_files_only=True).max_position_embeddings
-    model = load_model(
-        source,
-        dtype=torch.float32,  # master weights; GPU compute runs in the recipe dtype through FSDP2
-        attn_implementation=register_attention(backend),
-        trust_remote_code=recipe.model.trust_remote_code,
-        rope_theta=rope.theta if rope else None,
-        yarn=rope.yarn.model_dump() if rope and rope.yarn else None,
-        max_position_embeddings=None if rope and rope.yarn else max(original, stage.seq_len),
-    )
+    rope_args = {
+        "rope_theta": rope.theta if rope else None,
+        "yarn": rope.yarn.model_dump() if rope and rope.yarn else None,
+        "max_position_embeddings": None
+        if rope and rope.yarn
+        else max(config.max_position_embeddings, stage.seq_len),
+    }
+    if mesh.is_main:
+        # float32 master weights; GPU compute runs in the recipe dtype through FSDP2's mixed precision
+        model = load_model(
+            source,
+            dtype=torch.float32,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust,
+            **rope_args,
+        )
+    else:
+        apply_rope_config(
+            config,
+            theta=rope_args["rope_theta"],
+            yarn=rope_args["yarn"],
+            max_position_embeddings=rope_args["max_position_embeddings"],
+        )
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=torch.float32, attn_implementation=attn_implementation, trust_remote_code=trust
+            )
     wrapped = CausalLMWithChunkedLoss(model, chunk_tokens=recipe.training.loss_chunk_tokens)
+    full_weights = wrapped.state_dict() if mesh.is_main else {}
     param_dtype = parse_dtype(recipe.model.dtype) if mesh.device.type == "cuda" else None
-    return parallelize(wrapped, mesh, backend, stage.activation_checkpointing, param_dtype)
+    parallelize(wrapped, mesh, backend, stage.activation_checkpointing, param_dtype)
+    if mesh.world_size > 1:
+        if not mesh.is_main:
+            wrapped.to_empty(device=mesh.device)
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(wrapped, full_weights, options=options)
+        if not mesh.is_main:
+            set_model_rope(model)  # rotary buffers are not in state dicts: recompute them from the config
+    return wrapped
 
 
 def prepare_stage(
@@ -184,7 +227,9 @@ def prepare_stage(
         source = _source_stage_dir(recipe, index)
         carried = latest_checkpoint(source / "checkpoints") if source else None
         if carried is None:
-            raise UserError(f"stage {stage.name!r} carries the optimizer state, but {source} has no checkpoint")
+            raise UserError(
+                f"stage {stage.name!r} carries the optimizer state, but {source} has no checkpoint"
+            )
         load_optimizer_state(carried, model, optimizer)
     if mesh.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -207,6 +252,8 @@ def export_stage(run: StageRun, recipe: Recipe, tokenizer: PreTrainedTokenizerBa
         plain = AutoModelForCausalLM.from_config(run.config, dtype=dtype)
         plain.load_state_dict(weights)
         save_model(plain, tokenizer, out)
-        plot_stage(run.stage_dir / "metrics.jsonl", run.stage_dir / "plots", f"{recipe.name} / {run.stage.name}")
+        plot_stage(
+            run.stage_dir / "metrics.jsonl", run.stage_dir / "plots", f"{recipe.name} / {run.stage.name}"
+        )
     run.mesh.barrier()
     return out

@@ -20,7 +20,9 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 512-token byte-level BPE with chat template, trained once per session."""
     from prolong.data.tokenizer_train import train_tokenizer
 
-    return train_tokenizer(_training_texts(), tmp_path_factory.mktemp("tok") / "tiny-bpe", 512, name="tiny-bpe")
+    return train_tokenizer(
+        _training_texts(), tmp_path_factory.mktemp("tok") / "tiny-bpe", 512, name="tiny-bpe"
+    )
 
 
 @pytest.fixture(scope="session")

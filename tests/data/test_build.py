@@ -6,16 +6,14 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from prolong.config import recipe_from_dict
+from prolong.config import SourceSpec, recipe_from_dict
 from prolong.data.build import build_stage, resolve_tokenizer
 from prolong.data.format import ShardReader
 from prolong.data.mixture import StageMixture
 from prolong.data.sources import DocumentStream
 from prolong.data.tokenize import TokenizedDocs, tokenize_documents
-from prolong.config import SourceSpec
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:
@@ -33,11 +31,20 @@ def words(rng: random.Random, n: int) -> str:
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("raw")
     rng = random.Random(0)
-    code = [{"repo": f"r{r}", "path": f"m{f}.py", "text": words(rng, rng.randint(20, 400))} for r in range(30) for f in range(4)]
+    code = [
+        {"repo": f"r{r}", "path": f"m{f}.py", "text": words(rng, rng.randint(20, 400))}
+        for r in range(30)
+        for f in range(4)
+    ]
     write_jsonl(root / "code.jsonl", code)
     write_jsonl(root / "web.jsonl", [{"text": words(rng, rng.randint(5, 80))} for _ in range(300)])
     chats = [
-        {"messages": [{"role": "user", "content": words(rng, 8)}, {"role": "assistant", "content": words(rng, rng.randint(3, 60))}]}
+        {
+            "messages": [
+                {"role": "user", "content": words(rng, 8)},
+                {"role": "assistant", "content": words(rng, rng.randint(3, 60))},
+            ]
+        }
         for _ in range(100)
     ]
     write_jsonl(root / "chat.jsonl", chats)
@@ -45,22 +52,67 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def recipe(corpus: Path, out: Path, tokenizer: str | None, attention: str = "document", **tok):
-    return recipe_from_dict({
-        "name": "t", "output_dir": str(out / "run"), "model": {"init": {}},
-        "tokenizer": {"path": tokenizer, **tok} if tokenizer else tok,
-        "data": {"shard_dir": str(out / "data"), "domains": [
-            {"name": "code", "kind": "long", "sources": [{"type": "jsonl", "path": str(corpus / "code.jsonl"), "group_field": "repo", "name_field": "path"}]},
-            {"name": "web", "kind": "short", "sources": [{"type": "jsonl", "path": str(corpus / "web.jsonl")}]},
-            {"name": "chat", "kind": "sft", "sources": [{"type": "jsonl", "path": str(corpus / "chat.jsonl")}]},
-        ]},
-        "stages": [
-            {"name": "s1", "seq_len": 256, "tokens_per_step": 1024, "steps": 4, "lr": 1e-3, "min_lr": 0, "attention": attention,
-             "mixture": [{"domain": "code", "proportion": 0.3}, {"domain": "code", "proportion": 0.3, "doc_len": 64},
-                         {"domain": "web", "proportion": 0.4}]},
-            {"name": "sft", "kind": "sft", "seq_len": 256, "tokens_per_step": 1024, "steps": 4, "lr": 1e-4, "min_lr": 0,
-             "mixture": [{"domain": "chat", "proportion": 1.0}]},
-        ],
-    })
+    return recipe_from_dict(
+        {
+            "name": "t",
+            "output_dir": str(out / "run"),
+            "model": {"init": {}},
+            "tokenizer": {"path": tokenizer, **tok} if tokenizer else tok,
+            "data": {
+                "shard_dir": str(out / "data"),
+                "domains": [
+                    {
+                        "name": "code",
+                        "kind": "long",
+                        "sources": [
+                            {
+                                "type": "jsonl",
+                                "path": str(corpus / "code.jsonl"),
+                                "group_field": "repo",
+                                "name_field": "path",
+                            }
+                        ],
+                    },
+                    {
+                        "name": "web",
+                        "kind": "short",
+                        "sources": [{"type": "jsonl", "path": str(corpus / "web.jsonl")}],
+                    },
+                    {
+                        "name": "chat",
+                        "kind": "sft",
+                        "sources": [{"type": "jsonl", "path": str(corpus / "chat.jsonl")}],
+                    },
+                ],
+            },
+            "stages": [
+                {
+                    "name": "s1",
+                    "seq_len": 256,
+                    "tokens_per_step": 1024,
+                    "steps": 4,
+                    "lr": 1e-3,
+                    "min_lr": 0,
+                    "attention": attention,
+                    "mixture": [
+                        {"domain": "code", "proportion": 0.3},
+                        {"domain": "code", "proportion": 0.3, "doc_len": 64},
+                        {"domain": "web", "proportion": 0.4},
+                    ],
+                },
+                {
+                    "name": "sft",
+                    "kind": "sft",
+                    "seq_len": 256,
+                    "tokens_per_step": 1024,
+                    "steps": 4,
+                    "lr": 1e-4,
+                    "min_lr": 0,
+                    "mixture": [{"domain": "chat", "proportion": 1.0}],
+                },
+            ],
+        }
+    )
 
 
 def test_build_resumable_and_readable(tmp_path, corpus, tokenizer_dir, tokenizer) -> None:
@@ -72,17 +124,24 @@ def test_build_resumable_and_readable(tmp_path, corpus, tokenizer_dir, tokenizer
     build_stage(r, r.stage("s1"), workers=1, show_progress=False)  # finished shards are skipped
     assert (shard / "tokens.bin").stat().st_mtime_ns == stamp
     code64 = ShardReader(shard)
-    assert all(len(code64.doc_lens_of(i)) == 4 and (code64.doc_lens_of(i) == 64).all() for i in range(len(code64)))
+    assert all(
+        len(code64.doc_lens_of(i)) == 4 and (code64.doc_lens_of(i) == 64).all() for i in range(len(code64))
+    )
     web = ShardReader(Path(r.data.shard_dir) / "s1" / "web@256")
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     seq = web[1]
     for start in seq.doc_starts[1:]:
-        assert seq.input_ids[start] == bos and seq.input_ids[start - 1] == eos  # each document framed BOS..EOS
+        assert (
+            seq.input_ids[start] == bos and seq.input_ids[start - 1] == eos
+        )  # each document framed BOS..EOS
     mixture = StageMixture.open(r.data.shard_dir, r.stage("s1"), r.seed, tokenizer=tokenizer)
     assert len(mixture[0].input_ids) == 256
     sft = build_stage(r, r.stage("sft"), workers=1, show_progress=False)[0]
     reader = ShardReader(Path(r.data.shard_dir) / "sft" / "chat@256")
-    assert sft["has_loss_mask"] and 0 < sum(int(reader[i].loss_mask.sum()) for i in range(len(reader))) < sft["num_tokens"]
+    assert (
+        sft["has_loss_mask"]
+        and 0 < sum(int(reader[i].loss_mask.sum()) for i in range(len(reader))) < sft["num_tokens"]
+    )
     assert all(reader.seq_len_of(i) <= 256 for i in range(len(reader)))
 
 
@@ -142,7 +201,9 @@ def test_train_tokenizer_command(tmp_path, corpus) -> None:
 
     train_tokenizer(str(tmp_path / "tok"), str(corpus / "*.jsonl"), vocab_size=400)
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
-    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|assistant|>\n") and tok("json value")["input_ids"][0] == tok.bos_token_id
 
 
@@ -154,7 +215,14 @@ def test_local_corpus_is_deterministic_and_readable(tmp_path) -> None:
     for part in ("code/repos.jsonl", "prose/docs.jsonl", "short/short.jsonl", "sft/chat.jsonl"):
         assert (tmp_path / "a" / part).read_bytes() == (tmp_path / "b" / part).read_bytes(), part
     assert all(v["rows"] > 0 for v in first.values())
-    code = DocumentStream([SourceSpec(type="jsonl", path=str(tmp_path / "a/code/repos.jsonl"), group_field="repo", name_field="path")], "long")
+    code = DocumentStream(
+        [
+            SourceSpec(
+                type="jsonl", path=str(tmp_path / "a/code/repos.jsonl"), group_field="repo", name_field="path"
+            )
+        ],
+        "long",
+    )
     assert len(list(code)) >= 1
     chats = list(DocumentStream([SourceSpec(type="jsonl", path=str(tmp_path / "a/sft/chat.jsonl"))], "sft"))
     assert chats and chats[0][-1]["role"] == "assistant"

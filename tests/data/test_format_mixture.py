@@ -56,7 +56,12 @@ def test_interrupted_write_never_looks_complete(tmp_path) -> None:
 
 
 STAGE = StageSpec(
-    name="st", seq_len=SEQ_LEN, tokens_per_step=SEQ_LEN * 16, steps=200, lr=1e-3, min_lr=0,
+    name="st",
+    seq_len=SEQ_LEN,
+    tokens_per_step=SEQ_LEN * 16,
+    steps=200,
+    lr=1e-3,
+    min_lr=0,
     mixture=[
         {"domain": "code", "proportion": 0.3},
         {"domain": "code", "proportion": 0.2, "doc_len": 16},
@@ -100,7 +105,7 @@ def test_epochs_visit_every_sequence_once(shard_root) -> None:
 def test_same_global_order_for_any_rank_count_and_resume(shard_root) -> None:
     reference = StageMixture.open(shard_root, STAGE, seed=7)
     per_step = STAGE.sequences_per_step
-    steps = range(0, 30)
+    steps = range(30)
     expected = {g: reference[g].input_ids[0] for s in steps for g in reference.indices_for_step(s, per_step)}
     for dp in (1, 2, 8):
         ranks = [StageMixture.open(shard_root, STAGE, seed=7) for _ in range(dp)]  # one per process
@@ -113,7 +118,9 @@ def test_same_global_order_for_any_rank_count_and_resume(shard_root) -> None:
                     assert [ranks[r][g].input_ids[0] for g in share] == [expected[g] for g in share]
     resumed = StageMixture.open(shard_root, STAGE, seed=7)  # fresh process resuming at sample k
     k = 10 * per_step + 3
-    assert [resumed[g].input_ids[0] for g in range(k, 30 * per_step)] == [expected[g] for g in range(k, 30 * per_step)]
+    assert [resumed[g].input_ids[0] for g in range(k, 30 * per_step)] == [
+        expected[g] for g in range(k, 30 * per_step)
+    ]
     other_seed = StageMixture.open(shard_root, STAGE, seed=8)
     assert [other_seed[g].input_ids[0] for g in range(64)] != [expected[g] for g in range(64)]
 
@@ -130,8 +137,8 @@ def test_reordering_balances_costs_per_accumulation_index(shard_root) -> None:
 
 
 def test_tokenizer_mismatch_is_refused(tmp_path, tokenizer) -> None:
-    from prolong.data.tokenizer_train import train_tokenizer
     from prolong.data.tokenize import load_tokenizer
+    from prolong.data.tokenizer_train import train_tokenizer
 
     other = load_tokenizer(train_tokenizer(["some other text entirely"] * 10, tmp_path / "other", 300))
     meta = {"domain": "web", "doc_len": 64, "tokenizer": tokenizer_identity(tokenizer)}

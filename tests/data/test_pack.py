@@ -18,6 +18,7 @@ from prolong.data.pack import (
     write_shard,
 )
 
+
 class ArrayDocs:
     """In-memory stand-in for TokenizedDocs (same read interface), for packing properties."""
 
@@ -50,12 +51,16 @@ def test_short_packing_loses_and_duplicates_nothing(tmp_path_factory, lengths, s
     docs = make_docs(lengths)
     order = shuffled_order(np.arange(len(lengths)), None, seed)
     out = tmp_path_factory.mktemp("short") / "shard"
-    write_shard(docs, plan_concatenated(order, docs.lengths, seq_len), out, {"seq_len": seq_len}, with_mask=False)
+    write_shard(
+        docs, plan_concatenated(order, docs.lengths, seq_len), out, {"seq_len": seq_len}, with_mask=False
+    )
     reader = ShardReader(out)
     stream = np.concatenate([docs.docs[d] for d in order])
     full = len(stream) // seq_len
     assert len(reader) == full  # only the final partial sequence is dropped
-    packed = np.concatenate([reader[i].input_ids for i in range(len(reader))]) if full else np.zeros(0, np.uint32)
+    packed = (
+        np.concatenate([reader[i].input_ids for i in range(len(reader))]) if full else np.zeros(0, np.uint32)
+    )
     np.testing.assert_array_equal(packed, stream[: full * seq_len])
     for i in range(len(reader)):
         seq = reader[i]
@@ -69,7 +74,12 @@ def test_short_packing_loses_and_duplicates_nothing(tmp_path_factory, lengths, s
 
 
 @settings(max_examples=60, deadline=None)
-@given(lengths=lengths_st, doc_len=st.sampled_from([4, 8, 16, 32]), per_seq=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2**32))
+@given(
+    lengths=lengths_st,
+    doc_len=st.sampled_from([4, 8, 16, 32]),
+    per_seq=st.sampled_from([1, 2, 4]),
+    seed=st.integers(0, 2**32),
+)
 def test_long_chunks_single_document_exactly_doc_len(lengths, doc_len, per_seq, seed) -> None:
     docs = make_docs(lengths)
     seq_len = doc_len * per_seq
@@ -77,7 +87,9 @@ def test_long_chunks_single_document_exactly_doc_len(lengths, doc_len, per_seq, 
     seen = set()
     for pieces in plan_long(order, docs.lengths, seq_len, doc_len, seed):
         assert len(pieces) == per_seq
-        assert len({d for d, _, _ in pieces}) == per_seq  # chunks of one sequence come from distinct documents
+        assert (
+            len({d for d, _, _ in pieces}) == per_seq
+        )  # chunks of one sequence come from distinct documents
         for d, start, stop in pieces:
             assert stop - start == doc_len and start % doc_len == 0 and stop <= lengths[d]
             assert (d, start) not in seen  # no chunk used twice
@@ -102,7 +114,10 @@ def test_length_subsets_disjoint_and_eligible(lengths, weights, seed) -> None:
             assert lengths[i] < min(doc_lens)  # only documents too short for every subset are unused
         else:
             assert lengths[i] >= doc_lens[j]
-    plans = [set(d for p in plan_long(np.nonzero(subset == j)[0], lengths_arr, n, n, seed) for d, _, _ in p) for j, n in enumerate(doc_lens)]
+    plans = [
+        {d for p in plan_long(np.nonzero(subset == j)[0], lengths_arr, n, n, seed) for d, _, _ in p}
+        for j, n in enumerate(doc_lens)
+    ]
     for a in range(len(plans)):
         for b in range(a + 1, len(plans)):
             assert not plans[a] & plans[b]
@@ -116,7 +131,11 @@ def test_length_subsets_follow_token_proportions() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(lengths=st.lists(st.integers(1, 120), min_size=1, max_size=30), seq_len=st.integers(16, 128), seed=st.integers(0, 2**32))
+@given(
+    lengths=st.lists(st.integers(1, 120), min_size=1, max_size=30),
+    seq_len=st.integers(16, 128),
+    seed=st.integers(0, 2**32),
+)
 def test_sft_packing_keeps_conversations_whole(lengths, seq_len, seed) -> None:
     order = shuffled_order(np.arange(len(lengths)), None, seed)
     used = []

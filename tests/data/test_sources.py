@@ -59,7 +59,13 @@ def test_repository_documents_seeded_order(tmp_path) -> None:
         {"repo": "r2", "path": "main.py", "content": "print()"}
     ]
     path = write_jsonl(tmp_path / "stack.jsonl", rows)
-    spec = dict(type="jsonl", path=str(path), text_field="content", group_field="repo", name_field="path")
+    spec = {
+        "type": "jsonl",
+        "path": str(path),
+        "text_field": "content",
+        "group_field": "repo",
+        "name_field": "path",
+    }
     docs, _ = read(seed=1, **spec)
     assert len(docs) == 2 and docs[1] == "main.py\nprint()"
     parts = docs[0].split("\n\n")
@@ -90,7 +96,9 @@ def test_malformed_json_names_file_and_line(tmp_path) -> None:
 
 def test_missing_field_lists_existing_fields(tmp_path) -> None:
     path = write_jsonl(tmp_path / "x.jsonl", [{"content": "a", "id": 1}])
-    with pytest.raises(UserError, match=r"x\.jsonl:1: no field 'text'; the row has fields \['content', 'id'\]"):
+    with pytest.raises(
+        UserError, match=r"x\.jsonl:1: no field 'text'; the row has fields \['content', 'id'\]"
+    ):
         read(type="jsonl", path=str(path))
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -102,7 +110,9 @@ def test_missing_field_lists_existing_fields(tmp_path) -> None:
 
 def test_empty_and_non_utf8_are_counted_not_fatal(tmp_path) -> None:
     path = tmp_path / "mixed.jsonl"
-    path.write_bytes(b'{"text": "good"}\n{"text": "   "}\n{"text": "caf\xe9"}\n{"text": "\\ud800 lone"}\n{"text": "also good"}\n')
+    path.write_bytes(
+        b'{"text": "good"}\n{"text": "   "}\n{"text": "caf\xe9"}\n{"text": "\\ud800 lone"}\n{"text": "also good"}\n'
+    )
     docs, stream = read(type="jsonl", path=str(path))
     assert docs == ["good", "also good"]
     assert (stream.counts.empty, stream.counts.non_utf8, stream.counts.documents) == (1, 2, 2)
@@ -113,7 +123,9 @@ def test_chat_rows_and_bad_messages(tmp_path) -> None:
     docs, _ = read("sft", type="jsonl", path=str(write_jsonl(tmp_path / "c.jsonl", good)))
     assert docs == [good[0]["messages"]]
     bad = [{"messages": [{"speaker": "user", "text": "q"}]}]
-    with pytest.raises(UserError, match=r"b\.jsonl:1: each message needs 'role' and 'content'; found \['speaker', 'text'\]"):
+    with pytest.raises(
+        UserError, match=r"b\.jsonl:1: each message needs 'role' and 'content'; found \['speaker', 'text'\]"
+    ):
         read("sft", type="jsonl", path=str(write_jsonl(tmp_path / "b.jsonl", bad)))
 
 

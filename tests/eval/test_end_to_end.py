@@ -40,3 +40,35 @@ def test_chat_prompting_end_to_end(model_dir, tmp_path) -> None:
     summary = run_eval(str(model_dir), tasks="json_kv,ruler_vt", lengths=[768], out_dir=str(tmp_path), num_examples=2,
                        chat=True, dtype="float32", device="cpu", progress=False)
     assert set(summary["tasks"]) == {"json_kv", "ruler_vt"}
+
+
+def _write(path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_file_tasks_end_to_end(model_dir, tmp_path) -> None:
+    data = tmp_path / "data"
+    ctx = [{"title": f"T{i}", "text": f"passage number {i}"} for i in range(20)]
+    rag = [{"question": f"question {i}?", "answers": [f"answer {i}"], "ctxs": ctx} for i in range(3)]
+    _write(data / "kilt/nq-dev-multikilt_1000_k20_dep6.jsonl", rag)
+    _write(data / "kilt/nq-train-multikilt_1000_k3_dep6.jsonl", rag)
+    rr = [{"qid": str(q), "query": f"query {q}", "ctxs": [{"id": str(i), "text": f"doc {i}", "label": i % 3}
+                                                          for i in range(14)]} for q in range(3)]
+    _write(data / "msmarco/test_reranking_data_k14_dep3.jsonl", rr)
+    _write(data / "msmarco/test_reranking_data_k10_dep3.jsonl", rr)
+    train = [{"text": f"sentence {i}", "label": i % 6} for i in range(300)]
+    _write(data / "icl/trec_coarse_train.jsonl", train)
+    _write(data / "icl/trec_coarse_test.jsonl", train[:2])
+    _write(data / "multi_lexsum/test.jsonl", [{"context": "word " * 3000, "summary": "a short case summary"}])
+    out = tmp_path / "out"
+    summary = run_eval(str(model_dir), tasks="rag_nq,rerank,icl_trec_coarse,multi_lexsum", lengths=[1024],
+                       out_dir=str(out), num_examples=1, data_dir=str(data), chat=False, dtype="float32",
+                       device="cpu", progress=False)
+    assert set(summary["tasks"]) == {"rag_nq", "rerank_msmarco", "icl_trec_coarse", "multi_lexsum"}
+    assert set(summary["categories"]) == {"rerank"}  # rag needs all four datasets for its average
+    icl = json.loads((out / "icl_trec_coarse_1024.json").read_text())
+    assert icl["rows"][0]["input_len"] <= 1024 - 20 and icl["rows"][0]["truncated"]  # 200 shots do not fit
+    summ = json.loads((out / "multi_lexsum_1024.json").read_text())
+    assert "rougeL_f1" in summ["metrics"] and summ["rows"][0]["input_len"] <= 1024 - 400 - 200
+    assert "ROUGE-L" in (out / "summary.md").read_text()

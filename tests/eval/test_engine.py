@@ -24,7 +24,8 @@ def test_chunked_prefill_matches_generate(model_and_tokenizer) -> None:
     engine = HFEngine(model, tokenizer, prefill_chunk=16)
     engine.eos_ids = set()  # a random model may emit EOS at any step; compare full continuations
     prompt = torch.randint(5, len(tokenizer), (50,), generator=torch.Generator().manual_seed(0)).tolist()
-    logits_chunked = engine.prefill([prompt])[0]
+    with engine._attention_for(1):
+        logits_chunked = engine.prefill([prompt])[0]
     logits_full = model(torch.tensor([prompt])).logits[:, -1]
     torch.testing.assert_close(logits_chunked, logits_full, rtol=1e-4, atol=1e-4)
     tokens = engine._generate_batch([prompt], 12, stop_newline=False)
@@ -49,3 +50,23 @@ def test_batches_respect_budget_and_padding() -> None:
     engine.max_batch_tokens, engine.max_batch_size, engine.max_padding = 100, 8, 0.1
     groups = engine.batches([50, 49, 48, 30, 10, 10])
     assert groups == [[0, 1], [2], [3], [4, 5]]
+
+
+@pytest.mark.parametrize("q_len,kv_len,kv_heads", [(16, 40, 2), (1, 40, 4), (24, 24, 2)])
+def test_mask_free_attention_matches_masked_sdpa(q_len: int, kv_len: int, kv_heads: int) -> None:
+    from prolong.eval.attention import chunked_prefill_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, q_len, 8, generator=g)
+    k, v = torch.randn(2, kv_heads, kv_len, 8, generator=g), torch.randn(2, kv_heads, kv_len, 8, generator=g)
+    mask = torch.ones(q_len, kv_len, dtype=torch.bool).tril(diagonal=kv_len - q_len)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(4 // kv_heads, 1), v.repeat_interleave(4 // kv_heads, 1), attn_mask=mask)
+    out, _ = chunked_prefill_attention(None, q, k, v, None, scaling=None)
+    torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_engine_restores_attention_implementation(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    HFEngine(model, tokenizer, prefill_chunk=8).generate([[5, 6, 7, 8, 9] * 4], max_new_tokens=2)
+    assert model.config._attn_implementation == "sdpa"

@@ -77,3 +77,14 @@ def test_icl_label_mapping_and_balance() -> None:
     # Two full rounds of one per label use up "c"; the seventh demo comes from "a" or "b".
     assert counts["c"] == 2 and sorted([counts["a"], counts["b"]]) == [2, 3]
     assert [d["label"] for d in demos[:3]].count("a") == 1 and len({d["text"] for d in demos}) == 7
+
+
+def test_multiple_choice_letters_are_not_normalized_away() -> None:
+    from prolong.eval.protocol import Example
+    from prolong.eval.tasks import TASKS, score
+
+    example = Example("x", "{context}", "", "Answer:", ["the red house"], {"gold_letter": "A"})
+    spec = TASKS["infbench_choice"]
+    assert score(spec, " A. the red house", example, chat=False)["exact_match"] == 1.0
+    assert score(spec, " B", example, chat=False)["exact_match"] == 0.0
+    assert score(spec, "Answer: (A)", example, chat=True)["exact_match"] == 1.0

@@ -8,6 +8,7 @@ from prolong.eval import protocol as P
 from prolong.eval.synthetic import SynthConfig, build_synthetic
 from prolong.eval.tasks import SYNTHETIC_TASKS, TASKS
 
+
 @pytest.mark.parametrize("length", [4096, 32768])
 @pytest.mark.parametrize("task", SYNTHETIC_TASKS)
 def test_prompt_fills_length(tokenizer, task: str, length: int) -> None:

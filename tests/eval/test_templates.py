@@ -84,8 +84,8 @@ def test_niah_plural_and_singular(tokenizer) -> None:
         f"about the number afterwards.\n{single.context}\nWhat is the special magic number for {key} mentioned in "
         "the provided text?")
     assert single.answer_prefix == f" The special magic number for {key} mentioned in the provided text is"
-    assert set(single.context.split("\n")) == {NOISE, f"One of the special magic numbers for {key} is: "
-                                               f"{single.answers[0]}."}
+    assert set(single.context.split("\n")) == {NOISE, (f"One of the special magic numbers for {key} is: "
+                                               f"{single.answers[0]}.")}
 
 
 def test_vt_prompt(tokenizer) -> None:

@@ -169,3 +169,26 @@ def test_per_document_path_uses_a_fused_kernel(kv_heads, window):
         out = document_attention(q, k, v, cu, 9, 0.3, backend="sdpa_per_doc", sliding_window=window)
         out.sum().backward()
     torch.testing.assert_close(out, _reference(q, k, v, [5, 9, 4], 0.3, window), atol=1e-6, rtol=1e-5)
+
+
+def test_a_replacement_kernel_can_be_registered():
+    """The sequence-parallel wrapper plugs in with document_attention's signature and gets the global
+    boundaries from the batch, through the same transformers plumbing."""
+    from prolong.model.batch import attention_kwargs, make_packed_batch
+
+    calls = []
+
+    def spy_kernel(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, scale, backend, sliding_window):
+        calls.append((tuple(q_THD.shape), tuple(k_THD.shape), cu_seqlens.tolist(), max_seqlen, backend))
+        return document_attention(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, scale, backend, sliding_window)
+
+    name = register_attention("sdpa_per_doc", kernel=spy_kernel, name="prolong_spy")
+    assert name == "prolong_spy"
+    model = tiny_model("qwen2", 2, attn="sdpa")
+    model.set_attn_implementation(name)
+    batch = make_packed_batch(torch.arange(10), [4, 6])
+    spied = model(input_ids=batch.input_ids, **attention_kwargs(batch)).logits
+    model.set_attn_implementation(register_attention("sdpa_per_doc"))
+    plain = model(input_ids=batch.input_ids, **attention_kwargs(batch)).logits
+    torch.testing.assert_close(spied, plain)
+    assert calls == [((10, 4, 16), (10, 2, 16), [0, 4, 10], 6, "sdpa_per_doc")] * 2  # one per layer

@@ -30,16 +30,16 @@ CASES = {
 
 def tiny_model(arch: str, heads: int, kv_heads: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    common = dict(
-        vocab_size=128,
-        hidden_size=32 * heads // 4 * 2,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=256,
-        attention_dropout=0.0,
-    )
+    common = {
+        "vocab_size": 128,
+        "hidden_size": 32 * heads // 4 * 2,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "max_position_embeddings": 256,
+        "attention_dropout": 0.0,
+    }
     if arch == "llama":
         return LlamaForCausalLM(LlamaConfig(**common)).float()
     return Qwen2ForCausalLM(Qwen2Config(**common)).float()

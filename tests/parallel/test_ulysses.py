@@ -23,7 +23,9 @@ def test_sp2_matches_single_process(tmp_path: Path, torchrun) -> None:
         torch.testing.assert_close(result["loss"], result["ref_loss"], rtol=1e-5, atol=1e-5, msg=case)
         assert result["grads"].keys() == result["ref_grads"].keys()
         for name, grad in result["grads"].items():
-            torch.testing.assert_close(grad, result["ref_grads"][name], rtol=1e-5, atol=1e-5, msg=f"{case} {name}")
+            torch.testing.assert_close(
+                grad, result["ref_grads"][name], rtol=1e-5, atol=1e-5, msg=f"{case} {name}"
+            )
 
 
 def test_kv_heads_repeated_only_when_needed() -> None:

@@ -16,9 +16,11 @@ def run_torchrun(script: Path, nproc: int, *args: str, timeout: int = 240) -> No
     """Run `script` with `nproc` processes; fail the test with the workers' output if it fails."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(script), *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     if result.returncode:
-        pytest.fail(f"torchrun failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+        pytest.fail(
+            f"torchrun failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
 
 
 @pytest.fixture

@@ -49,15 +49,24 @@ def concatenated(seqs: list[PackedSequence]) -> PackedSequence:
     """The four sequences as one packed sequence: same documents, so the same loss terms."""
     masks = [s.loss_mask if s.loss_mask is not None else np.ones(len(s.input_ids), bool) for s in seqs]
     return PackedSequence(
-        np.concatenate([s.input_ids for s in seqs]), np.concatenate([s.doc_lens for s in seqs]), np.concatenate(masks)
+        np.concatenate([s.input_ids for s in seqs]),
+        np.concatenate([s.doc_lens for s in seqs]),
+        np.concatenate(masks),
     )
 
 
 def tiny_model() -> CausalLMWithChunkedLoss:
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, sliding_window=None, tie_word_embeddings=False,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        sliding_window=None,
+        tie_word_embeddings=False,
     )
     model = Qwen2ForCausalLM(config).float()
     model.set_attn_implementation(register_attention("sdpa_per_doc"))

@@ -26,9 +26,12 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def prolong(*args: str, timeout: int = 300) -> None:
-    result = subprocess.run([sys.executable, "-m", "prolong", *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+    command = [sys.executable, "-m", "prolong", *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=timeout, check=False)
     if result.returncode:
-        pytest.fail(f"prolong {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        pytest.fail(
+            f"prolong {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
 
 
 def losses(stage_dir: Path) -> dict[int, float]:
@@ -67,11 +70,15 @@ def test_stages_hand_over_and_export_plain_transformers(full_run: dict) -> None:
         logits = model(torch.tensor([[1, 5, 7, 9]])).logits
         assert torch.isfinite(logits).all()
         assert sorted(losses(run / stage)) == list(range(1, steps + 1))
-        assert (run / stage / "plots" / "loss.png").is_file() and (run / stage / "plots" / "throughput.png").is_file()
+        assert (run / stage / "plots" / "loss.png").is_file() and (
+            run / stage / "plots" / "throughput.png"
+        ).is_file()
         assert (run / stage / "recipe.yaml").is_file()
         kept = [p.name for p in (run / stage / "checkpoints").iterdir()]
         assert len(kept) <= 2 and f"step_{steps:08d}" in kept
-    assert AutoModelForCausalLM.from_pretrained(run / "stage2" / "export").config.max_position_embeddings == 256
+    assert (
+        AutoModelForCausalLM.from_pretrained(run / "stage2" / "export").config.max_position_embeddings == 256
+    )
     record = json.loads((run / "stage1" / "metrics.jsonl").read_text().splitlines()[-1])
     for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_device", "peak_memory_gb", "eta_s"):
         assert key in record
@@ -84,7 +91,9 @@ def test_sigkill_mid_stage_then_resume_is_bitwise(full_run: dict) -> None:
     stage_dir = Path(recipe["output_dir"]) / "stage1"
     process = subprocess.Popen(
         [sys.executable, "-m", "prolong", "train", str(path), "--stage", "stage1"],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
     while max(losses(stage_dir), default=0) < 6:  # past the step-4 checkpoint, before the step-8 one
@@ -128,3 +137,51 @@ def test_existing_run_is_not_overwritten_without_resume(full_run: dict) -> None:
 
     with pytest.raises(UserError, match="--resume"):
         train(str(full_run["path"]), stage="stage1")
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(full_run: dict, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from prolong.train.commands import train
+    from prolong.train.loop import TrainingStopped
+
+    # a "finished stage" whose weights hold a NaN: every step's loss and gradient are non-finite
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(full_run["root"] / "run" / "stage1" / "export", poisoned / "export")
+    weights_file = poisoned / "export" / "model.safetensors"
+    weights = load_file(weights_file)
+    name = next(k for k in weights if k.endswith("mlp.down_proj.weight"))
+    weights[name][0, 0] = float("nan")
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    recipe = dict(full_run["recipe"], output_dir=str(tmp_path / "out"))
+    recipe["tokenizer"] = {"path": str(full_run["root"] / "run" / "tokenizer")}
+    recipe["stages"] = [dict(recipe["stages"][1], init_from=str(poisoned), carry_optimizer_state=False)]
+    path = write_recipe(recipe, tmp_path / "poisoned.yaml")
+
+    with pytest.raises(TrainingStopped, match="3 steps in a row had a non-finite loss"):
+        train(str(path))
+    stage_dir = tmp_path / "out" / "stage2"
+    assert latest_checkpoint(stage_dir / "checkpoints").name == "step_00000003"
+    events = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum("skipped" in e.get("event", "") for e in events) == 3
+    assert all(r["skipped"] for r in events if "loss" in r)
+    assert not (stage_dir / "export").exists()
+
+
+@pytest.mark.distributed
+def test_torchrun_dp2_then_sp2_matches_one_process(full_run: dict) -> None:
+    """The whole recipe under torchrun: stage1 with 2 data-parallel ranks, stage2 with SP=2, SFT with
+    2 data-parallel ranks; per-step losses match the one-process run (same global batches)."""
+    recipe, path = _second_run(full_run, "torchrun")
+    recipe["stages"][1]["sequence_parallel"] = 2
+    write_recipe(recipe, path)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "prolong", "train", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-5000:]
+    for stage in ("stage1", "stage2", "sft"):
+        ours = losses(Path(recipe["output_dir"]) / stage)
+        reference = losses(full_run["root"] / "run" / stage)
+        assert ours.keys() == reference.keys()
+        for step, loss in ours.items():
+            assert loss == pytest.approx(reference[step], rel=1e-4), (stage, step)

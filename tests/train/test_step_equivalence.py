@@ -23,7 +23,7 @@ def _compare(result: dict, reference: dict, name: str) -> None:
 @pytest.mark.distributed
 def test_layouts_give_the_same_step(tmp_path: Path, torchrun) -> None:
     torchrun(HERE / "step_worker.py", 2, str(tmp_path))
-    load = lambda name: torch.load(tmp_path / f"{name}.pt", weights_only=True)  # noqa: E731
+    load = lambda name: torch.load(tmp_path / f"{name}.pt", weights_only=True)
     reference = load("reference")
     _compare(load("batch4"), reference, "one batch of 4 vs accumulation 4")
     _compare(load("dp2"), reference, "DP=2 with uneven valid tokens")
@@ -34,5 +34,5 @@ def test_layouts_give_the_same_step(tmp_path: Path, torchrun) -> None:
 @pytest.mark.slow
 def test_dp2_sp2_gives_the_same_step(tmp_path: Path, torchrun) -> None:
     torchrun(HERE / "step_worker.py", 4, str(tmp_path))
-    load = lambda name: torch.load(tmp_path / f"{name}.pt", weights_only=True)  # noqa: E731
+    load = lambda name: torch.load(tmp_path / f"{name}.pt", weights_only=True)
     _compare(load("dp2sp2"), load("reference"), "DP=2 x SP=2")

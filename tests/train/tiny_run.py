@@ -15,12 +15,17 @@ WORDS = ["json", "encode", "value", "def", "return", "self", "string", "object",
 def write_corpora(root: Path) -> dict[str, str]:
     """books (long), web (short) and chat (sft) corpora as jsonl; returns their paths."""
     rng = random.Random(0)
-    words = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731
+    words = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))
     rows = {
         "books": [{"text": words(rng.randint(300, 900))} for _ in range(40)],
         "web": [{"text": words(rng.randint(5, 80))} for _ in range(300)],
         "chat": [
-            {"messages": [{"role": "user", "content": words(8)}, {"role": "assistant", "content": words(rng.randint(3, 40))}]}
+            {
+                "messages": [
+                    {"role": "user", "content": words(8)},
+                    {"role": "assistant", "content": words(rng.randint(3, 40))},
+                ]
+            }
             for _ in range(120)
         ],
     }
@@ -32,14 +37,23 @@ def write_corpora(root: Path) -> dict[str, str]:
     return paths
 
 
-def tiny_recipe(corpora: dict[str, str], output_dir: Path, shard_dir: Path, tokenizer: dict[str, Any]) -> dict:
+def tiny_recipe(
+    corpora: dict[str, str], output_dir: Path, shard_dir: Path, tokenizer: dict[str, Any]
+) -> dict:
     """Qwen2-shaped GQA model, 128-token stage 1 with a new rope theta, 256-token stage 2 carrying AdamW."""
     return {
         "name": "tiny",
         "output_dir": str(output_dir),
         "model": {
-            "init": {"architecture": "qwen2", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128},
+            "init": {
+                "architecture": "qwen2",
+                "hidden_size": 64,
+                "intermediate_size": 96,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 128,
+            },
             "dtype": "float32",
         },
         "tokenizer": tokenizer,
@@ -53,14 +67,42 @@ def tiny_recipe(corpora: dict[str, str], output_dir: Path, shard_dir: Path, toke
             ],
         },
         "stages": [
-            {"name": "stage1", "seq_len": 128, "tokens_per_step": 512, "steps": 12, "lr": 1e-3, "min_lr": 1e-4,
-             "rope": {"theta": 40000}, "mixture": [{"domain": "books", "proportion": 0.6}, {"domain": "web", "proportion": 0.4}]},
-            {"name": "stage2", "seq_len": 256, "tokens_per_step": 512, "steps": 4, "lr": 5e-4, "min_lr": 5e-5,
-             "rope": {"theta": 160000}, "carry_optimizer_state": True,
-             "mixture": [{"domain": "books", "proportion": 0.3}, {"domain": "books", "proportion": 0.3, "doc_len": 128},
-                         {"domain": "web", "proportion": 0.4}]},
-            {"name": "sft", "kind": "sft", "seq_len": 128, "tokens_per_step": 512, "steps": 3, "lr": 1e-4,
-             "warmup_ratio": 0.05, "min_lr": 1e-5, "mixture": [{"domain": "chat", "proportion": 1.0}]},
+            {
+                "name": "stage1",
+                "seq_len": 128,
+                "tokens_per_step": 512,
+                "steps": 12,
+                "lr": 1e-3,
+                "min_lr": 1e-4,
+                "rope": {"theta": 40000},
+                "mixture": [{"domain": "books", "proportion": 0.6}, {"domain": "web", "proportion": 0.4}],
+            },
+            {
+                "name": "stage2",
+                "seq_len": 256,
+                "tokens_per_step": 512,
+                "steps": 4,
+                "lr": 5e-4,
+                "min_lr": 5e-5,
+                "rope": {"theta": 160000},
+                "carry_optimizer_state": True,
+                "mixture": [
+                    {"domain": "books", "proportion": 0.3},
+                    {"domain": "books", "proportion": 0.3, "doc_len": 128},
+                    {"domain": "web", "proportion": 0.4},
+                ],
+            },
+            {
+                "name": "sft",
+                "kind": "sft",
+                "seq_len": 128,
+                "tokens_per_step": 512,
+                "steps": 3,
+                "lr": 1e-4,
+                "warmup_ratio": 0.05,
+                "min_lr": 1e-5,
+                "mixture": [{"domain": "chat", "proportion": 1.0}],
+            },
         ],
         "training": {"checkpoint_every": 4, "keep_checkpoints": 2, "attention_backend": "sdpa_per_doc"},
     }
