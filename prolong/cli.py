@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data synth": ("prolong.synth.commands:synth", "generate synthetic long instruction data"),
     "train": ("prolong.train.commands:train", "run a recipe's training stages"),
     "eval": ("prolong.eval.commands:eval", "long-context evaluation (HELMET/RULER)"),
+    "eval perplexity": ("prolong.eval.commands:perplexity", "loss by position on long documents"),
     "demo": ("prolong.demo:demo", "the whole recipe in miniature, on this machine"),
     "info": ("prolong.recipe_commands:info", "versions, devices and attention backends"),
 }
