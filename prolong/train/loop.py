@@ -197,6 +197,8 @@ class _Reporter:
 
 def run_stage(run: StageRun) -> None:
     """Train `run.stage` from `run.start_step` to `run.num_steps`, checkpointing as the recipe says."""
+    # from_pretrained returns eval mode, and transformers checkpoints decoder layers only in train mode
+    run.model.train()
     reporter = _Reporter(run)
     mesh, training, stage = run.mesh, run.training, run.stage
     bad_in_a_row = int(run.trainer_state.get("bad_steps_in_a_row", 0))
