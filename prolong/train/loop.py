@@ -8,6 +8,8 @@ sequence-parallel slices, all accumulation micro-batches), counted before the fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import math
 import time
 from dataclasses import dataclass, field
@@ -54,6 +56,7 @@ class StageRun:
     warmup_steps: int
     start_step: int = 0
     trainer_state: dict = field(default_factory=dict)  # saved with every checkpoint
+    eval_hook: Callable[[int], dict] | None = None  # step -> eval metrics ({} on steps it skips)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -259,6 +262,9 @@ def run_stage(run: StageRun) -> None:
                     f"loss or gradient (last loss {result.loss}, grad norm {result.grad_norm}). Checkpoint: {path}. "
                     "Lower the learning rate or check the data of these steps (metrics.jsonl), then --resume."
                 )
+            if run.eval_hook is not None and (scores := run.eval_hook(done)):
+                reporter.event(f"step {done}: eval " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()),
+                               step=done, **scores)
             if done % training.checkpoint_every == 0 or done == run.num_steps:
                 save_checkpoint(
                     run.checkpoint_dir,

@@ -214,6 +214,7 @@ def prepare_stage(
         warmup_steps=warmup,
         trainer_state={"stage": stage.name, "num_steps": num_steps, "world_size": mesh.world_size},
     )
+    run.eval_hook = _eval_hook(recipe, stage, run, tokenizer)
     if latest is not None:
         state = load_checkpoint(latest, model, optimizer, mesh)
         if state["num_steps"] != num_steps:
@@ -235,6 +236,39 @@ def prepare_stage(
         out.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, out / "recipe.yaml")
     return run, tokenizer
+
+
+def _eval_hook(recipe: Recipe, stage: StageSpec, run: StageRun, tokenizer: PreTrainedTokenizerBase):
+    """A small long-context suite every `eval.every_n_steps` steps at the recipe's eval lengths.
+
+    Only in one-process runs: generation on a sharded model would need every rank in lockstep;
+    evaluate the stage exports with `prolong eval` instead."""
+    every = recipe.eval.every_n_steps
+    if every is None or stage.kind == "sft":
+        return None
+    if run.mesh.world_size > 1:
+        if run.mesh.is_main:
+            print(f"note: eval.every_n_steps is skipped in a {run.mesh.world_size}-process run; "
+                  "evaluate the stage export with `prolong eval` instead")
+        return None
+    from prolong.eval.runner import make_eval_callback
+
+    callback = make_eval_callback(recipe.eval.tasks, recipe.eval.lengths, every, run.stage_dir / "eval",
+                                  min(recipe.eval.num_examples, 10), recipe.seed, chat=False,
+                                  data_dir=recipe.eval.data_dir)
+
+    def hook(step: int) -> dict:
+        if step % every:
+            return {}
+        # The HF model runs outside the FSDP root's forward: gather the root's own parameters
+        # (embeddings, final norm, head) first; decoder layers gather theirs in their own hooks.
+        run.model.unshard()
+        try:
+            return callback(hf_model_of(run.model), tokenizer, step)
+        finally:
+            run.model.reshard()
+
+    return hook
 
 
 def export_stage(run: StageRun, recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> Path:

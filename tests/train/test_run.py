@@ -185,3 +185,18 @@ def test_torchrun_dp2_then_sp2_matches_one_process(full_run: dict) -> None:
         assert ours.keys() == reference.keys()
         for step, loss in ours.items():
             assert loss == pytest.approx(reference[step], rel=1e-4), (stage, step)
+
+
+def test_eval_every_n_steps_runs_the_suite_during_training(full_run: dict, tmp_path: Path) -> None:
+    from prolong.train.commands import train
+
+    recipe = dict(full_run["recipe"], output_dir=str(tmp_path / "out"))
+    recipe["tokenizer"] = {"path": str(full_run["root"] / "run" / "tokenizer")}
+    recipe["stages"] = [dict(recipe["stages"][0], steps=4)]
+    recipe["eval"] = {"tasks": ["ruler_niah_s_1"], "lengths": [1024], "num_examples": 1, "every_n_steps": 2}
+    train(str(write_recipe(recipe, tmp_path / "eval.yaml")))
+    stage_dir = tmp_path / "out" / "stage1"
+    events = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [e["step"] for e in events if "eval/ruler_niah_s_1@1024" in e]
+    assert evaluated == [2, 4]
+    assert (stage_dir / "eval" / "step_2" / "ruler_niah_s_1_1024.json").exists()
