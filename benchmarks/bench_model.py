@@ -282,21 +282,30 @@ def render(cmd: str, attention: dict, loss: dict, train: list[dict], note: str) 
             "`sdpa_per_doc` attention, chunked loss, forward + backward, fresh subprocess per length."
         ),
         "",
-        "| tokens | peak RSS (GiB) | added by the step (MiB) | MiB per 1K tokens | time (s) |",
+        "| tokens | peak RSS (GiB) | added by the step (MiB) | extra MiB per extra 1K tokens | time (s) |",
         "|---:|---:|---:|---:|---:|",
     ]
+    previous = None
     for row in train:
+        slope = "-"
+        if previous is not None:
+            slope = (
+                f"{(row['delta'] - previous['delta']) / MB / ((row['tokens'] - previous['tokens']) / K):.1f}"
+            )
         lines.append(
-            f"| {row['tokens'] // K}K | {row['peak_rss'] / GB:.2f} | {row['delta'] / MB:.0f} | "
-            f"{row['delta'] / MB / (row['tokens'] / K):.2f} | {row['seconds']:.1f} |"
+            f"| {row['tokens'] // K}K | {row['peak_rss'] / GB:.2f} | {row['delta'] / MB:.0f} | {slope} | "
+            f"{row['seconds']:.1f} |"
         )
+        previous = row
     growth = train[-1]["delta"] / train[0]["delta"]
     length_growth = train[-1]["tokens"] / train[0]["tokens"]
     lines += [
         "",
         (
             f"{length_growth:.0f}x more tokens -> {growth:.1f}x more step memory "
-            f"(linear would be {length_growth:.0f}x, quadratic {length_growth**2:.0f}x)."
+            f"(linear would be {length_growth:.0f}x, quadratic {length_growth**2:.0f}x). The fixed part is "
+            "one chunk of logits (2,048 x vocabulary, float32, with its softmax and gradient), independent of "
+            "the length; beyond it the step grows by a constant amount per token (the 'extra' column): linear."
         ),
         "",
         note,
@@ -337,7 +346,12 @@ def main() -> None:
     else:
         attn_cfg = {"seq_len": 16 * K, "n_docs": 8, "heads": 4, "kv_heads": 2, "head_dim": 64, "repeats": 2}
         loss_tokens, loss_vocab, lengths = 32 * K, 32 * K, [8 * K, 16 * K, 32 * K, 64 * K]
-    note = "No GPU in this run: the CUDA varlen / flash-attn backends were not benchmarked here."
+    note = (
+        "No GPU in this run: the CUDA varlen / flash-attn backends were not benchmarked (nor their "
+        "equivalence tests run; they skip without CUDA). Timings use "
+        f"{args.threads} torch thread(s) per variant (`--threads`): on shared cores, oversubscribed OpenMP "
+        "threads make the per-document timings erratic."
+    )
     # Full 32K x 32K logits need ~9-10 GiB (logits, log-softmax, their gradients); do not push a shared
     # machine into swap/OOM: halve the tokens (the ratio scales the same way) and say so.
     needed = 3.0 * loss_tokens * loss_vocab * 4  # measured: ~2.3x the logits tensor at 8K x 8K
