@@ -206,6 +206,11 @@ def run_stage(run: StageRun) -> None:
     mesh, training, stage = run.mesh, run.training, run.stage
     bad_in_a_row = int(run.trainer_state.get("bad_steps_in_a_row", 0))
     step_times: list[float] = []
+
+    def checkpoint(done: int) -> Path:
+        return save_checkpoint(run.checkpoint_dir, done, run.model, run.optimizer, run.trainer_state, mesh,
+                               training.keep_checkpoints)
+
     try:
         for step in range(run.start_step, run.num_steps):
             started = time.perf_counter()
@@ -248,15 +253,7 @@ def run_stage(run: StageRun) -> None:
                 record, log=done % training.log_every == 0 or done == run.num_steps or result.skipped
             )
             if bad_in_a_row >= training.max_bad_steps:
-                path = save_checkpoint(
-                    run.checkpoint_dir,
-                    done,
-                    run.model,
-                    run.optimizer,
-                    run.trainer_state,
-                    mesh,
-                    training.keep_checkpoints,
-                )
+                path = checkpoint(done)
                 raise TrainingStopped(
                     f"stage {stage.name!r} stopped at step {done}: {bad_in_a_row} steps in a row had a non-finite "
                     f"loss or gradient (last loss {result.loss}, grad norm {result.grad_norm}). Checkpoint: {path}. "
@@ -266,14 +263,6 @@ def run_stage(run: StageRun) -> None:
                 reporter.event(f"step {done}: eval " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items()),
                                step=done, **scores)
             if done % training.checkpoint_every == 0 or done == run.num_steps:
-                save_checkpoint(
-                    run.checkpoint_dir,
-                    done,
-                    run.model,
-                    run.optimizer,
-                    run.trainer_state,
-                    mesh,
-                    training.keep_checkpoints,
-                )
+                checkpoint(done)
     finally:
         reporter.close()

@@ -1,4 +1,4 @@
-"""Launch a worker script under torchrun (gloo, CPU) from a test."""
+"""Shared test helpers: launch a worker script under torchrun (gloo, CPU) from a test."""
 
 from __future__ import annotations
 

@@ -1,0 +1,45 @@
+"""The demo pipeline end to end at toy size: corpus, tokenizer, data, four stages, eval, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prolong.config import load_recipe
+
+
+def test_demo_pipeline_writes_a_report(tmp_path: Path):
+    out = tmp_path / "smoke"
+    command = [sys.executable, "-m", "prolong", "demo", "--recipe", "tiny-smoke", "--out-dir", str(out),
+               "--corpus-mb", "3"]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert result.stdout.strip().splitlines()[-1] == f"report: {out / 'report.md'}"
+
+    recipe = load_recipe("tiny-smoke")
+    report = (out / "report.md").read_text()
+    for picture in ("training.png", "eval.png", "perplexity.png"):
+        assert f"]({picture})" in report and (out / picture).stat().st_size > 10_000
+    for stage in recipe.stages:
+        assert (out / stage.name / "export" / "model.safetensors").exists()
+        steps = [json.loads(l)["step"] for l in (out / stage.name / "metrics.jsonl").read_text().splitlines()
+                 if '"loss"' in l]
+        assert steps == list(range(1, stage.num_steps + 1)), stage.name
+        assert f"| {stage.name} | {stage.kind} |" in report
+    for label in ("before (base-128)", "after (sft)"):
+        assert f"| ruler_niah_s_1 | {label} |" in report
+    assert (out / "eval" / "sft" / "ruler_niah_s_1_2048.json").exists()
+    assert "| positions | base-128 | stage1-512 | stage2-1k |" in report
+    assert elapsed < 240, f"the toy demo took {elapsed:.0f}s"
+
+    # a second run finds everything done and only rewrites the report
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already finished, skipping" in again.stdout
