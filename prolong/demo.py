@@ -143,5 +143,5 @@ def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: s
 
         report = write_report(spec, run_dir, summaries, perplexity, clock.seconds,
                               total_seconds=time.perf_counter() - started)
-    console.print(f"report: {report}")
+    print(f"report: {report}", flush=True)  # plain print: rich would wrap a long path
 

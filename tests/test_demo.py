@@ -37,7 +37,7 @@ def test_demo_pipeline_writes_a_report(tmp_path: Path):
         assert f"| ruler_niah_s_1 | {label} |" in report
     assert (out / "eval" / "sft" / "ruler_niah_s_1_2048.json").exists()
     assert "| positions | base-128 | stage1-512 | stage2-1k |" in report
-    assert elapsed < 240, f"the toy demo took {elapsed:.0f}s"
+    assert elapsed < 120, f"the toy demo took {elapsed:.0f}s"  # issue 8: the fast pipeline runs in < 2 minutes
 
     # a second run finds everything done and only rewrites the report
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
