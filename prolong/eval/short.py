@@ -48,6 +48,10 @@ def local_task_yamls(data_dir: Path, tasks: list[str], yaml_dir: Path) -> list[s
                             "(split = train, validation or test; rows in the Hub dataset's columns)")
         config = {"include": str(tasks_root / _BUILTIN_YAML[task]), "task": f"{task}_local",
                   "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files}}
+        # The built-in configs name Hub splits; a split without a local file must not be asked for.
+        for key, split in (("training_split", "train"), ("validation_split", "validation"), ("test_split", "test")):
+            if split not in files:
+                config[key] = None
         # JSON is valid YAML; lm-eval parses these with its YAML loader.
         (yaml_dir / f"{task}_local.yaml").write_text(json.dumps(config, indent=1))
         names.append(f"{task}_local")

@@ -32,7 +32,6 @@ def test_local_yaml_and_missing_files(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_simple_evaluate_on_local_hellaswag(model_dir, tmp_path) -> None:
-    pytest.importorskip("accelerate", reason="lm-eval's HF backend needs accelerate")
     data = tmp_path / "data"
     (data / "hellaswag").mkdir(parents=True)
     (data / "hellaswag" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _hellaswag_rows(4)))
