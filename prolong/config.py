@@ -35,7 +35,7 @@ def parse_count(value: Any) -> Any:
 TokenCount = Annotated[int, BeforeValidator(parse_count), Field(gt=0)]
 
 
-def format_count(n: int | float) -> str:
+def format_count(n: float) -> str:
     """Human form of a token count: 4194304 -> '4M', 65536 -> '64K', 20971520000 -> '19.5B'."""
     for suffix, size in (("B", B), ("M", M), ("K", K)):
         if n >= size:

@@ -8,7 +8,14 @@ import platform
 import yaml
 from rich.console import Console
 
-from prolong.config import RECIPES_DIR, Recipe, derived_numbers, format_count, load_recipe, resolve_recipe_path
+from prolong.config import (
+    RECIPES_DIR,
+    Recipe,
+    derived_numbers,
+    format_count,
+    load_recipe,
+    resolve_recipe_path,
+)
 
 
 def validate(files: list[str]) -> int:

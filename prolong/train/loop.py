@@ -8,10 +8,9 @@ sequence-parallel slices, all accumulation micro-batches), counted before the fi
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
