@@ -213,8 +213,8 @@ class StageSpec(Strict):
     activation_checkpointing: bool = Field(True, description="recompute each decoder layer in backward")
     init_from: str = Field(
         "previous",
-        description="'previous' (the previous stage, or the model for the first stage), or the "
-        "directory of a finished stage",
+        description="'previous' (the previous stage, or the model for the first stage), 'model' (the "
+        "recipe's model), the name of an earlier stage of this recipe, or the directory of a finished stage",
     )
     carry_optimizer_state: bool = Field(False, description="start from the init stage's AdamW state")
     mixture: list[MixtureEntry] = Field(min_length=1, description="domains and their token shares")
@@ -391,10 +391,16 @@ class Recipe(Strict):
                     )
                 if entry.doc_len is not None and kind != "long":
                     raise ValueError(f"stages.{i}.mixture.{j}: doc_len applies to long domains only")
-            if stage.carry_optimizer_state and i == 0 and stage.init_from == "previous":
+            if stage.init_from in names and names.index(stage.init_from) >= i:
                 raise ValueError(
-                    f"stages.{i}.carry_optimizer_state: the first stage has no previous optimizer "
-                    "state; set init_from to a finished stage directory"
+                    f"stages.{i}.init_from: stage {stage.init_from!r} does not come before "
+                    f"{stage.name!r}; a stage starts from an earlier one"
+                )
+            starts_from_model = stage.init_from == "model" or (i == 0 and stage.init_from == "previous")
+            if stage.carry_optimizer_state and starts_from_model:
+                raise ValueError(
+                    f"stages.{i}.carry_optimizer_state: stage {stage.name!r} starts from the recipe's model, "
+                    "which has no optimizer state; set init_from to an earlier stage or a finished stage directory"
                 )
             if self.model.init is not None:
                 heads = self.model.init.num_attention_heads
@@ -420,6 +426,13 @@ class Recipe(Strict):
                 return stage
         raise RecipeError(f"no stage {name!r} in recipe {self.name!r}; stages: {[s.name for s in self.stages]}")
 
+    def select_stages(self, names: str | None) -> list[StageSpec]:
+        """The stages named in a comma list ("extend-1m,sft-1m"), in recipe order; all when None."""
+        if names is None:
+            return list(self.stages)
+        wanted = {self.stage(n.strip()).name for n in names.split(",") if n.strip()}
+        return [s for s in self.stages if s.name in wanted]
+
     def domain(self, name: str) -> DomainSpec:
         """The data domain called `name`."""
         return next(d for d in self.data.domains if d.name == name)
@@ -434,7 +447,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
 def resolve_recipe_path(name_or_path: str | Path) -> Path:
-    """A file path, or the name of a shipped recipe (e.g. 'prolong-8b-64k')."""
+    """A file path, or the name of a shipped recipe (e.g. 'prolong-8b')."""
     path = Path(name_or_path)
     if path.exists():
         return path
@@ -503,13 +516,16 @@ def save_recipe(recipe: Recipe, path: str | Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ derived numbers
-def derived_numbers(recipe: Recipe, world_size: int) -> list[dict[str, Any]]:
-    """Per stage: steps, sequences per step, data-parallel size, gradient accumulation, tokens.
+def derived_numbers(
+    recipe: Recipe, world_size: int, stages: list[StageSpec] | None = None
+) -> list[dict[str, Any]]:
+    """Per stage (all, or `stages`): steps, sequences per step, data-parallel size, gradient
+    accumulation, tokens.
 
     A micro-batch is one packed sequence per data-parallel rank; sequence-parallel ranks share it.
     """
     rows = []
-    for stage in recipe.stages:
+    for stage in recipe.stages if stages is None else stages:
         if world_size % stage.sequence_parallel:
             raise RecipeError(
                 f"stage {stage.name!r}: sequence_parallel={stage.sequence_parallel} does not divide "

@@ -37,11 +37,12 @@ def validate(files: list[str]) -> int:
     return 2 if failed else 0
 
 
-def show(file: str, world_size: int = 8, schema: bool = False) -> None:
+def show(file: str, world_size: int = 8, stage: str | None = None, schema: bool = False) -> None:
     """Print the resolved recipe (defaults filled in) and the numbers derived from it.
 
     --world-size is the number of processes (GPUs) the run will use; it decides the data-parallel
-    size and the gradient accumulation of each stage. --schema prints every key with its description.
+    size and the gradient accumulation of each stage. --stage NAME (or a comma list) limits the
+    derived numbers to those stages. --schema prints every key with its description.
     """
     console = Console()
     if schema:
@@ -52,7 +53,7 @@ def show(file: str, world_size: int = 8, schema: bool = False) -> None:
     print(f"derived numbers at world size {world_size}:")
     header = ("stage", "seq_len", "steps", "tokens/step", "seqs/step", "dp x sp", "grad_accum", "warmup", "tokens")
     rows = [header]
-    for row in derived_numbers(recipe, world_size):
+    for row in derived_numbers(recipe, world_size, recipe.select_stages(stage)):
         rows.append((
             row["stage"],
             format_count(row["seq_len"]),

@@ -24,8 +24,10 @@ SHIPPED = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
 def test_every_paper_recipe_ships():
-    for name in ["prolong-8b-64k", "prolong-8b-512k", "prolong-8b-sft", "ultralong-8b-1m", "ultralong-8b-2m", "ultralong-8b-4m"]:
-        assert name in SHIPPED
+    assert [s.name for s in load_recipe("prolong-8b").stages] == ["stage1-64k", "stage2-512k", "sft"]
+    assert [s.name for s in load_recipe("ultralong-8b").stages] == [
+        "extend-1m", "sft-1m", "extend-2m", "sft-2m", "extend-4m", "sft-4m"
+    ]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -44,15 +46,15 @@ def test_parse_count_uses_binary_units():
 
 
 def test_stage1_matches_paper():
-    recipe = load_recipe("prolong-8b-64k")
-    (row,) = derived_numbers(recipe, world_size=64)
+    recipe = load_recipe("prolong-8b")
+    stage = recipe.stage("stage1-64k")
+    (row,) = derived_numbers(recipe, world_size=64, stages=[stage])
     assert row["steps"] == 5000
     assert row["tokens_per_step"] == 4 * 2**20
     assert row["sequences_per_step"] == 64  # 64 x 64K
     assert row["grad_accumulation"] == 1
     assert row["warmup_steps"] == 500
     assert 19.5e9 < row["tokens"] < 21.5e9  # "20B tokens"
-    stage = recipe.stages[0]
     assert stage.rope.theta == 8e6 and stage.lr == 1e-5 and stage.min_lr == 1e-6
     shares = {e.domain: e.proportion for e in stage.mixture}
     assert shares["code_repos"] == 0.30 and shares["books"] == 0.30 and shares["textbooks"] == 0.03
@@ -61,15 +63,16 @@ def test_stage1_matches_paper():
     assert math.isclose(shares["fineweb_edu"] / short, 0.27, abs_tol=1e-3)
     assert math.isclose(shares["wikipedia"] / short, 0.08, abs_tol=1e-3)
     # with 8 GPUs the same step is 8 accumulation micro-batches per rank
-    assert derived_numbers(recipe, world_size=8)[0]["grad_accumulation"] == 8
+    assert derived_numbers(recipe, world_size=8, stages=[stage])[0]["grad_accumulation"] == 8
 
 
 def test_stage2_length_curriculum_matches_paper():
-    recipe = load_recipe("prolong-8b-512k")
-    stage = recipe.stages[0]
-    (row,) = derived_numbers(recipe, world_size=64)
+    recipe = load_recipe("prolong-8b")
+    stage = recipe.stage("stage2-512k")
+    (row,) = derived_numbers(recipe, world_size=64, stages=[stage])
     assert row["steps"] == 2500 and row["sequences_per_step"] == 16 and row["data_parallel"] == 8
     assert stage.rope.theta == 1.28e8 and stage.carry_optimizer_state and stage.sequence_parallel == 8
+    assert stage.init_from == "previous"
 
     def share(domain, doc_len):
         return sum(e.proportion for e in stage.mixture if e.domain == domain and (e.doc_len or stage.seq_len) == doc_len)
@@ -84,16 +87,21 @@ def test_stage2_length_curriculum_matches_paper():
 
 
 def test_sft_matches_paper():
-    recipe = load_recipe("prolong-8b-sft")
-    stage = recipe.stages[0]
-    (row,) = derived_numbers(recipe, world_size=64)
+    recipe = load_recipe("prolong-8b")
+    stage = recipe.stage("sft")
+    (row,) = derived_numbers(recipe, world_size=64, stages=[stage])
     assert stage.kind == "sft" and row["steps"] == 250 and stage.lr == 2e-5 and stage.min_lr == 2e-6
     assert stage.warmup_ratio == 0.05 and 1.0e9 < row["tokens"] < 1.1e9
 
 
 def test_ultralong_uses_yarn_with_cross_document_attention():
-    for name, factor in [("ultralong-8b-1m", 128), ("ultralong-8b-2m", 256), ("ultralong-8b-4m", 512)]:
-        stage = load_recipe(name).stages[0]
+    recipe = load_recipe("ultralong-8b")
+    for target, factor, sp in [("1m", 128, 8), ("2m", 256, 16), ("4m", 512, 32)]:
+        stage = recipe.stage(f"extend-{target}")
+        assert stage.init_from == "model" and stage.sequence_parallel == sp
+        assert recipe.stage(f"sft-{target}").init_from == f"extend-{target}"
+        (row,) = derived_numbers(recipe, world_size=sp, stages=[stage])  # fits its own GPU count
+        assert row["data_parallel"] == 1
         assert stage.rope.yarn.factor == factor
         assert stage.rope.yarn.factor * stage.rope.yarn.original_max_position_embeddings == stage.seq_len
         assert stage.attention == "cross_document"
@@ -105,14 +113,14 @@ def _raw(name: str) -> dict:
 
 
 def test_typo_key_is_an_error_naming_the_key():
-    data = _raw("prolong-8b-64k")
+    data = _raw("prolong-8b")
     data["stages"][0]["warmup_ration"] = 0.1
     with pytest.raises(RecipeError, match=r"stages\.0\.warmup_ration: unknown key"):
         recipe_from_dict(data)
 
 
 def test_bad_value_names_path_value_and_allowed():
-    data = _raw("prolong-8b-64k")
+    data = _raw("prolong-8b")
     data["stages"][0]["attention"] = "docs"
     with pytest.raises(RecipeError) as info:
         recipe_from_dict(data)
@@ -132,18 +140,19 @@ def test_bad_value_names_path_value_and_allowed():
     ],
 )
 def test_inconsistent_recipes_are_refused(mutate, expected):
-    data = copy.deepcopy(_raw("prolong-8b-64k"))
+    data = copy.deepcopy(_raw("prolong-8b"))
     mutate(data)
     with pytest.raises(RecipeError, match=expected):
         recipe_from_dict(data)
 
 
 def test_world_size_that_cannot_split_a_step_is_refused():
-    recipe = load_recipe("prolong-8b-512k")
+    recipe = load_recipe("prolong-8b")
+    stage2 = [recipe.stage("stage2-512k")]
     with pytest.raises(RecipeError, match="sequence_parallel=8 does not divide world size 12"):
-        derived_numbers(recipe, world_size=12)
+        derived_numbers(recipe, world_size=12, stages=stage2)
     with pytest.raises(RecipeError, match="cannot be split evenly"):
-        derived_numbers(recipe, world_size=8 * 32)  # 32 DP ranks for 16 sequences
+        derived_numbers(recipe, world_size=8 * 32, stages=stage2)  # 32 DP ranks for 16 sequences
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -153,7 +162,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_validate_accepts_shipped_and_rejects_typo(tmp_path: Path):
     ok = _cli("recipe", "validate", *SHIPPED)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    data = _raw("prolong-8b-sft")
+    data = _raw("prolong-8b")
     data["optimizer"]["weight_decey"] = 0.1
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
@@ -163,15 +172,41 @@ def test_cli_validate_accepts_shipped_and_rejects_typo(tmp_path: Path):
 
 
 def test_cli_show_prints_paper_numbers():
-    result = _cli("recipe", "show", "prolong-8b-64k", "--world-size", "64")
+    result = _cli("recipe", "show", "prolong-8b", "--world-size", "64")
     assert result.returncode == 0, result.stderr
     line = next(l for l in result.stdout.splitlines() if l.strip().startswith("stage1-64k"))
     assert line.split()[1:5] == ["64K", "5,000", "4M", "64"]
 
 
 def test_output_dir_placeholder_and_override():
-    data = _raw("prolong-8b-sft")
-    data["data"]["domains"][0]["sources"][0]["path"] = "{output_dir}/corpus/chat.jsonl"
+    data = _raw("prolong-8b")
+    data["data"]["domains"][-1]["sources"][0]["path"] = "{output_dir}/corpus/chat.jsonl"
     recipe = recipe_from_dict(data, output_dir="/tmp/run7")
     assert recipe.output_dir == "/tmp/run7"
-    assert recipe.data.domains[0].sources[0].path == "/tmp/run7/corpus/chat.jsonl"
+    assert recipe.data.domains[-1].sources[0].path == "/tmp/run7/corpus/chat.jsonl"
+
+
+def test_stage_selection_and_init_from_references():
+    recipe = load_recipe("ultralong-8b")
+    assert [s.name for s in recipe.select_stages("sft-1m,extend-1m")] == ["extend-1m", "sft-1m"]
+    with pytest.raises(RecipeError, match="no stage 'extend-8m'"):
+        recipe.select_stages("extend-8m")
+    data = copy.deepcopy(_raw("ultralong-8b"))
+    data["stages"][0]["init_from"] = "sft-1m"  # a later stage
+    with pytest.raises(RecipeError, match="does not come before"):
+        recipe_from_dict(data)
+    data = copy.deepcopy(_raw("ultralong-8b"))
+    data["stages"][2]["carry_optimizer_state"] = True  # extend-2m starts from the model
+    with pytest.raises(RecipeError, match="starts from the recipe's model"):
+        recipe_from_dict(data)
+
+
+def test_yaml_merge_keys_share_stage_settings():
+    """The 2M/4M stages inherit everything the recipe does not override from the 1M ones."""
+    recipe = load_recipe("ultralong-8b")
+    one, four = recipe.stage("extend-1m"), recipe.stage("extend-4m")
+    assert (four.lr, four.min_lr, four.attention, four.tokens_per_step) == (one.lr, one.min_lr, one.attention, one.tokens_per_step)
+    assert four.steps == 150 and one.steps == 128
+    assert recipe.stage("sft-4m").model_dump(exclude={"name", "init_from"}) == recipe.stage("sft-1m").model_dump(
+        exclude={"name", "init_from"}
+    )

@@ -21,14 +21,13 @@ def build(recipe: str, stage: str | None = None, workers: int | None = None) -> 
     stage into sequences of the stage length (long: single-document chunks; short: concatenated with
     carry-over; sft: whole conversations with an assistant-only mask) and writes one shard per
     domain and length subset under data.shard_dir/<stage>/<domain>@<doc_len>. Finished shards are
-    skipped, so an interrupted build resumes. Without --stage, every stage is built.
+    skipped, so an interrupted build resumes. Without --stage (a name or comma list), every stage is built.
     """
     from prolong.config import load_recipe
     from prolong.data.build import build_stage
 
     loaded = load_recipe(recipe)
-    stages = [loaded.stage(stage)] if stage else loaded.stages
-    for spec in stages:
+    for spec in loaded.select_stages(stage):
         build_stage(loaded, spec, workers)
 
 

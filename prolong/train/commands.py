@@ -13,7 +13,7 @@ from prolong.train.stages import export_dir, export_stage, is_finished, prepare_
 
 
 def train(recipe: str, stage: str | None = None, resume: bool = False, max_steps: int | None = None) -> None:
-    """Run a recipe's training stages: all in order, or only --stage NAME.
+    """Run a recipe's training stages: all in order, or only --stage NAME (a comma list: NAME,NAME).
 
     One process: `prolong train RECIPE`. Several: `torchrun --nproc_per_node N -m prolong train RECIPE`
     (gloo on CPU, nccl on GPU; across nodes, the same with torchrun's rendezvous flags). Each stage
@@ -26,7 +26,7 @@ def train(recipe: str, stage: str | None = None, resume: bool = False, max_steps
     most N steps, with the LR schedule fitted to the shorter stage (demos and tests).
     """
     spec = load_recipe(recipe)
-    selected = [spec.stage(stage)] if stage is not None else list(spec.stages)
+    selected = spec.select_stages(stage)
     init_distributed()
     console = Console()
     try:

@@ -55,9 +55,14 @@ def is_finished(recipe: Recipe, stage: StageSpec) -> bool:
 def _source_stage_dir(recipe: Recipe, index: int) -> Path | None:
     """The directory of the stage this one starts from (None: the recipe's model)."""
     stage = recipe.stages[index]
-    if stage.init_from != "previous":
-        return Path(stage.init_from)
-    return stage_dir(recipe, recipe.stages[index - 1]) if index > 0 else None
+    names = [s.name for s in recipe.stages]
+    if stage.init_from == "model" or (stage.init_from == "previous" and index == 0):
+        return None
+    if stage.init_from == "previous":
+        return stage_dir(recipe, recipe.stages[index - 1])
+    if stage.init_from in names:
+        return stage_dir(recipe, recipe.stage(stage.init_from))
+    return Path(stage.init_from)
 
 
 def model_source(recipe: Recipe, index: int) -> Path:
@@ -95,7 +100,7 @@ def model_heads(recipe: Recipe) -> tuple[int, int]:
 
 def validate_run(recipe: Recipe, stages: list[StageSpec], world_size: int) -> None:
     """Everything that can be refused before any model or data is touched (SP degree, batch split)."""
-    derived_numbers(recipe, world_size)  # SP divides the world, sequences split over data-parallel ranks
+    derived_numbers(recipe, world_size, stages)  # SP divides the world, sequences split over DP ranks
     heads, kv_heads = model_heads(recipe)
     for stage in stages:
         try:
@@ -187,7 +192,7 @@ def prepare_stage(
     stage = recipe.stages[index]
     out = stage_dir(recipe, stage)
     tokenizer = load_tokenizer(tokenizer_dir(recipe))
-    if index == 0 and stage.init_from == "previous":
+    if _source_stage_dir(recipe, index) is None:
         ensure_init_model(recipe, mesh, tokenizer)
     latest = latest_checkpoint(out / "checkpoints")
     if latest is not None and not resume:
