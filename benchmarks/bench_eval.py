@@ -55,10 +55,10 @@ def measure(variant: str, model_dir: str, length: int, repeats: int, chunk: int)
     import psutil
     import torch
 
-    from prolong.eval.engine import HFEngine, load_model
+    from prolong.eval.engine import HFEngine, load_for_generation
 
     torch.set_num_threads(1)  # the machine is shared; one thread keeps the comparison fair and stable
-    model, tokenizer = load_model(model_dir, dtype="float32", device="cpu")
+    model, tokenizer = load_for_generation(model_dir, dtype="float32", device="cpu")
     prompt = torch.randint(3, len(tokenizer), (length,), generator=torch.Generator().manual_seed(0)).tolist()
     rss_loaded = psutil.Process().memory_info().rss
     engine = HFEngine(model, tokenizer, prefill_chunk=chunk)

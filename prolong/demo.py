@@ -60,7 +60,7 @@ def _long_texts(recipe: Recipe) -> Path:
 
 
 def _perplexity(models: dict[str, Path], recipe: Recipe, seq_len: int, out: Path) -> dict[str, Any]:
-    from prolong.eval.engine import load_model
+    from prolong.eval.engine import load_for_generation
     from prolong.eval.perplexity import perplexity_by_position, read_texts
 
     out.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def _perplexity(models: dict[str, Path], recipe: Recipe, seq_len: int, out: Path
         if cached.exists():
             results[name] = json.loads(cached.read_text())
             continue
-        model, tokenizer = load_model(str(path), "float32", "cpu")
+        model, tokenizer = load_for_generation(str(path), "float32", "cpu")
         result = perplexity_by_position(model, tokenizer, read_texts(_long_texts(recipe)), seq_len=seq_len,
                                         last_n=seq_len - 1, num_buckets=16, max_docs=4)
         cached.write_text(json.dumps(result, indent=1))

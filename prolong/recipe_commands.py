@@ -18,10 +18,14 @@ from prolong.config import (
 )
 
 
-def validate(files: list[str]) -> int:
+def validate(files: list[str], check_paths: bool = True) -> int:
     """Check recipe files (paths or shipped names); exit status 2 if any is invalid.
 
-    Every problem is reported with its key path, the bad value and what is allowed.
+    Every problem is reported with its key path, the bad value and what is allowed. The local
+    directories the recipe loads from must exist and hold what they should: model.path and
+    synth.generator a checkpoint (config.json, safetensors), tokenizer.path (default: model.path) a
+    tokenizer. --no-check-paths checks the schema only, e.g. for the shipped recipes, templates whose
+    paths point at copies you make.
     """
     console = Console()
     failed = 0
@@ -31,10 +35,32 @@ def validate(files: list[str]) -> int:
         except ValueError as error:
             failed += 1
             console.print(f"[red]invalid[/red] {error}", highlight=False)
+            continue
+        problems = path_problems(recipe) if check_paths else []
+        if problems:
+            failed += 1
+            for problem in problems:
+                console.print(f"[red]invalid[/red] {resolve_recipe_path(name)}: {problem}", highlight=False)
         else:
             console.print(f"[green]ok[/green] {resolve_recipe_path(name)} ({recipe.name}, "
                           f"{len(recipe.stages)} stage(s))", highlight=False)
     return 2 if failed else 0
+
+
+def path_problems(recipe: Recipe) -> list[str]:
+    """What is wrong with the local model and tokenizer directories a recipe names ([] when nothing)."""
+    from prolong.hf_dirs import model_dir_problem, tokenizer_dir_problem
+
+    checks = []
+    if recipe.model.path is not None:
+        checks.append(("model.path", model_dir_problem(recipe.model.path)))
+    if recipe.tokenizer.path is not None:
+        checks.append(("tokenizer.path", tokenizer_dir_problem(recipe.tokenizer.path)))
+    elif recipe.tokenizer.train_vocab_size is None and recipe.model.path and not model_dir_problem(recipe.model.path):
+        checks.append(("tokenizer (model.path)", tokenizer_dir_problem(recipe.model.path)))
+    if recipe.synth is not None and recipe.synth.generator is not None:
+        checks.append(("synth.generator", model_dir_problem(recipe.synth.generator)))
+    return [f"{key}: {problem}" for key, problem in checks if problem]
 
 
 def show(file: str, world_size: int = 8, stage: str | None = None, schema: bool = False) -> None:

@@ -160,7 +160,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_validate_accepts_shipped_and_rejects_typo(tmp_path: Path):
-    ok = _cli("recipe", "validate", *SHIPPED)
+    ok = _cli("recipe", "validate", "--no-check-paths", *SHIPPED)  # templates: their checkpoints are yours
     assert ok.returncode == 0, ok.stdout + ok.stderr
     data = _raw("prolong-8b")
     data["optimizer"]["weight_decey"] = 0.1

@@ -2,12 +2,17 @@
 
 Resumable: a finished shard whose build key (source files with their sizes and mtimes, tokenizer,
 lengths, seed, mode) matches is skipped; the tokenized corpus of a domain is reused by every stage.
+A domain whose shards are out of date has them removed before it is rebuilt, and a domain that gives
+no document, or a length subset that gives no sequence, is an error naming the domain: a failed build
+leaves no shard the training mixture would open.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,8 @@ from prolong.data.pack import (
     write_shard,
 )
 from prolong.data.sources import DocumentStream, source_fingerprint, stable_seed
-from prolong.data.tokenize import TokenizedDocs, load_tokenizer, tokenize_documents, tokenizer_identity
+from prolong.data.tokenize import TokenizedDocs, tokenize_documents, tokenizer_identity
+from prolong.errors import UserError
 
 TOKENIZER_TRAIN_CHARS = 32 << 20  # text a demo tokenizer is trained on, split over the domains
 
@@ -105,6 +111,8 @@ def build_stage(
     recipe: Recipe, stage: StageSpec, workers: int | None = None, show_progress: bool = True
 ) -> list[dict[str, Any]]:
     """Write every shard of `stage`; returns their meta (finished shards are skipped)."""
+    from prolong.model.io import load_tokenizer
+
     console = Console(stderr=True, quiet=not show_progress)
     tokenizer_dir = resolve_tokenizer(recipe, show_progress)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -129,7 +137,17 @@ def build_stage(
             console.print(f"[green]done[/] {stage.name}/{domain_name}: {', '.join(t.name for t in targets)}")
             metas += [ShardReader(t).meta for t in targets]
             continue
+        for target in targets:  # built from other sources or settings: never to be read if this fails
+            if target.exists():
+                console.print(f"removing out-of-date shard {target}")
+                shutil.rmtree(target)
         docs = tokenized_domain(recipe, domain, tokenizer_dir, tokenizer, workers, show_progress)
+        counts = docs.meta["counts"]
+        if counts["non_utf8"]:
+            console.print(f"{domain_name}: skipped {counts['non_utf8']:,} files that are not UTF-8 text")
+        if len(docs) == 0:
+            docs.close()
+            raise UserError(_no_documents(domain, counts))
         metas += _pack_domain(
             recipe,
             stage,
@@ -183,7 +201,7 @@ def _pack_domain(
         else None
     )
     counts = docs.meta["counts"]
-    metas = []
+    planned = []  # every subset is planned (and checked non-empty) before any shard is written
     for j, (doc_len, target) in enumerate(zip(doc_lens, targets)):
         selected = np.nonzero(subsets == j)[0]
         order = shuffled_order(selected, repeats, stable_seed(seed, doc_len))
@@ -215,5 +233,34 @@ def _pack_domain(
             "bos_id": docs.meta["bos_id"],
             "eos_id": docs.meta["eos_id"],
         }
-        metas.append(write_shard(docs, plan, target, meta, with_mask=domain.kind == "sft"))
-    return metas
+        first = next(plan, None)
+        if first is None:
+            mode = "long" if single_doc_chunks else "sft" if domain.kind == "sft" else "concatenated"
+            raise UserError(_no_sequences(domain, stage, doc_len, lengths[selected], mode))
+        planned.append((itertools.chain([first], plan), target, meta))
+    return [write_shard(docs, plan, target, meta, domain.kind == "sft") for plan, target, meta in planned]
+
+
+def _no_documents(domain: DomainSpec, counts: dict[str, int]) -> str:
+    sources = ", ".join(f"{s.path} ({s.type})" for s in domain.sources)
+    skipped = f"{counts['empty']:,} empty documents"
+    if counts["non_utf8"]:
+        skipped += f", {counts['non_utf8']:,} files not UTF-8 text"
+    field = "messages_field" if domain.kind == "sft" else "text_field"
+    return (
+        f"domain {domain.name!r}: its sources give no document to train on ({sources}: {skipped}); "
+        f"point the source at a corpus with content, check its {field}, or drop the domain from the mixtures"
+    )
+
+
+def _no_sequences(domain: DomainSpec, stage: StageSpec, doc_len: int, lengths: np.ndarray, mode: str) -> str:
+    """Why a length subset gives no sequence; `lengths` are the token counts of its documents."""
+    where = f"stage {stage.name!r}, domain {domain.name!r}@{doc_len}"
+    longest = int(lengths.max()) if len(lengths) else 0
+    if mode == "sft":
+        why = f"each of its {len(lengths):,} conversations is longer than seq_len {stage.seq_len}"
+    elif mode == "long":
+        why = f"none of its {len(lengths):,} documents reaches {doc_len} tokens (the longest has {longest})"
+    else:
+        why = f"its {len(lengths):,} documents hold {int(lengths.sum()):,} tokens, less than one sequence"
+    return f"{where}: no sequence to write: {why}; add data or lower the length"

@@ -26,11 +26,16 @@ def check_messages(messages: Any, where: str) -> list[dict[str, str]]:
         raise UserError(
             f"{where}: messages must be a non-empty list of {{role, content}}, got {type(messages).__name__}"
         )
-    for turn in messages:
+    for number, turn in enumerate(messages, start=1):
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
             fields = sorted(turn) if isinstance(turn, dict) else type(turn).__name__
             raise UserError(f"{where}: each message needs 'role' and 'content'; found {fields}")
-    return [{"role": str(t["role"]), "content": str(t["content"])} for t in messages]
+        for key in ("role", "content"):
+            if not isinstance(turn[key], str):  # str(None) would train on the text "None"
+                raise UserError(
+                    f"{where}: message {number}: {key!r} should be text, got {type(turn[key]).__name__}"
+                )
+    return [{"role": t["role"], "content": t["content"]} for t in messages]
 
 
 def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:

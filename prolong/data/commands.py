@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,7 +95,7 @@ def peek(shard_dir: str, index: int = 0, tokenizer: str | None = None) -> None:
     loss (assistant tokens) are shown in green. --tokenizer defaults to the one the shard was built with.
     """
     from prolong.data.format import ShardReader
-    from prolong.data.tokenize import load_tokenizer
+    from prolong.model.io import load_tokenizer
 
     reader = ShardReader(shard_dir)
     if not -len(reader) <= index < len(reader):
@@ -155,38 +154,35 @@ def local_corpus(out_dir: str, max_mb: int = 24) -> None:
 
 
 def _texts(inputs: str) -> Iterator[str]:
-    """Text of files matching `inputs`: JSONL rows (text, or chat message contents) or plain files."""
-    from prolong.data.sources import expand_paths, open_binary
+    """Text of files matching `inputs`: JSONL rows (text, or chat message contents) or text files.
+
+    Read by prolong.data.text_files like every text input: bad JSON or invalid UTF-8 in a named file
+    is an error; in a directory, files that are not UTF-8 text (binary) are skipped.
+    """
+    from prolong.data.sources import expand_paths
+    from prolong.data.text_files import jsonl_records, read_text_file
 
     for root in expand_paths(inputs):
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for file in files:
             if ".jsonl" in file.name:
-                stream, raw = open_binary(file)
-                with stream, raw:
-                    for line in stream:
-                        try:
-                            row = json.loads(line)
-                        except (json.JSONDecodeError, UnicodeDecodeError):
-                            continue
-                        if isinstance(row, dict):
-                            if isinstance(row.get("messages"), list):
-                                yield "\n".join(
-                                    str(t.get("content", "")) for t in row["messages"] if isinstance(t, dict)
-                                )
-                            else:
-                                yield "\n".join(v for v in row.values() if isinstance(v, str))
-            else:
-                try:
-                    yield file.read_text(encoding="utf-8")
-                except UnicodeDecodeError:
-                    continue
+                for _, row in jsonl_records(file):
+                    if isinstance(row.get("messages"), list):
+                        yield "\n".join(
+                            str(t.get("content", "")) for t in row["messages"] if isinstance(t, dict)
+                        )
+                    else:
+                        yield "\n".join(v for v in row.values() if isinstance(v, str))
+            elif (text := read_text_file(file, binary_ok=file != root)) is not None:
+                yield text
 
 
 def train_tokenizer(out_dir: str, inputs: str, vocab_size: int = 4096) -> None:
     """Train a byte-level BPE tokenizer (with chat template) on local files.
 
-    INPUTS is a file, directory or glob: JSONL files (text fields, or chat messages) or plain text.
+    INPUTS is a file, directory or glob: JSONL files (text fields, or chat messages) or plain text
+    (.gz/.zst decompressed). Malformed JSON or invalid UTF-8 is an error naming the file and line;
+    binary files inside a directory are skipped.
     The result loads with transformers' AutoTokenizer.from_pretrained(OUT_DIR).
     """
     from prolong.data.tokenizer_train import train_tokenizer as train

@@ -12,13 +12,15 @@ Traversal is sorted and sizes are capped, so the output is the same on a given m
 from __future__ import annotations
 
 import ast
-import gzip
 import json
 import re
 import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+
+from prolong.data.text_files import read_text_file
+from prolong.errors import UserError
 
 CODE_SUFFIXES = {".py", ".pyi", ".txt", ".rst", ".md", ".cfg", ".toml", ".ini", ".c", ".h", ".json"}
 MAX_FILE_BYTES = 256 << 10
@@ -42,12 +44,13 @@ def _package_dirs() -> list[tuple[str, Path]]:
 
 
 def _read(path: Path) -> str | None:
+    """The text of a file found on the machine, or None for one that is unreadable, binary or empty
+    (gathering skips what it cannot use; prolong.data.text_files does the reading)."""
     try:
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        text = data.decode("utf-8")
-    except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile):
+        text = read_text_file(path, binary_ok=True)
+    except (OSError, UserError):  # unreadable, or a broken .gz
         return None
-    return text if text.strip() and "\x00" not in text else None
+    return text if text is not None and text.strip() else None
 
 
 def _repo_files(directory: Path) -> Iterator[tuple[str, str]]:

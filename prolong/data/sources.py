@@ -5,25 +5,31 @@ Readers: JSONL (.jsonl, .jsonl.gz, .jsonl.zst), Parquet (one row group at a time
 datasets saved with `save_to_disk`, directories of text files, directories of code repositories.
 Rows sharing `group_field` (contiguous, e.g. sorted by repository) become one document: each row
 preceded by its `name_field`, rows in a seeded random order (ProLong: files not ordered by dependency).
-Bad rows stop the build with the file and line; empty and non-UTF-8 documents are counted, not fatal.
+
+Bad input (files are read by prolong.data.text_files, which describes the rules):
+- stops the build with a UserError naming the file and line (or row): malformed JSON, a line that is
+  not an object, a missing field, text that is not a string, invalid UTF-8 or a lone-surrogate escape
+  (not valid Unicode), a truncated or corrupt .gz/.zst, an unreadable Parquet file or dataset;
+- is accepted: a UTF-8 byte-order mark at the start of a file; blank lines;
+- is counted, not fatal: empty documents (dropped), and in text and code-repository directories the
+  files that are not UTF-8 text (binary files such as images, skipped). A domain left with no document
+  is an error of `prolong data build`, naming the domain and its sources.
 """
 
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
-import io
-import json
 import os
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from prolong.config import SourceSpec
 from prolong.data.chat import check_messages
+from prolong.data.text_files import jsonl_records, read_text_file
 from prolong.errors import UserError
 
 Document = str | list[dict[str, str]]
@@ -37,7 +43,7 @@ class SourceCounts:
 
     documents: int = 0
     empty: int = 0
-    non_utf8: int = 0
+    non_utf8: int = 0  # files of text/code-repository directories skipped as not UTF-8 text (binary)
 
     def as_dict(self) -> dict[str, int]:
         """Plain dict (for meta.json)."""
@@ -83,19 +89,6 @@ class _Progress:
         self.total = 0
 
 
-def open_binary(path: Path) -> tuple[BinaryIO, BinaryIO]:
-    """(decompressed stream, raw file) for .gz/.zst/plain files; the raw file's position tracks progress."""
-    raw = open(path, "rb")  # noqa: SIM115  (the caller closes both streams)
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        return gzip.GzipFile(fileobj=raw), raw
-    if name.endswith((".zst", ".zstd")):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw)), raw  # type: ignore[arg-type]
-    return raw, raw
-
-
 class DocumentStream:
     """Documents of a list of sources, in a fixed order; `counts` and `progress` fill as it is read."""
 
@@ -105,7 +98,6 @@ class DocumentStream:
         self.seed = seed
         self.counts = SourceCounts()
         self.progress = _Progress()
-        self._non_utf8_rows = 0
         for source in sources:
             for path in expand_paths(source.path):
                 self.progress.total += _size_of(path)
@@ -133,29 +125,21 @@ class DocumentStream:
                     yield document
 
     def _document(self, row: Row, source: SourceSpec) -> Document | None:
-        """The document in a row, or None when it is empty or not valid UTF-8 (counted)."""
+        """The document in a row, or None when it is empty (counted)."""
         if self.chat:
             messages = _field(row, source.messages_field)
             conversation = check_messages(messages, row.where)
+            for turn in conversation:
+                _require_unicode(turn["content"], row.where, source.messages_field)
             if not any(t["content"].strip() for t in conversation if t["role"] == "assistant"):
                 self.counts.empty += 1
                 return None
             return conversation
-        text = _field(row, source.text_field)
-        if not isinstance(text, str):
-            raise UserError(
-                f"{row.where}: field {source.text_field!r} should be text, got {type(text).__name__}"
-            )
-        return self._checked_text(text)
+        return self._checked_text(_text_field(row, source.text_field))
 
     def _checked_text(self, text: str) -> str | None:
         if not text.strip():
             self.counts.empty += 1
-            return None
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes
-            self.counts.non_utf8 += 1
             return None
         return text
 
@@ -178,11 +162,7 @@ class DocumentStream:
                         f"sort the source by {source.group_field!r} so each group is read in one run"
                     )
                 group_key, members = key, []
-            text = _field(row, source.text_field)
-            if not isinstance(text, str):
-                raise UserError(
-                    f"{row.where}: field {source.text_field!r} should be text, got {type(text).__name__}"
-                )
+            text = _text_field(row, source.text_field)
             name = str(_field(row, source.name_field)) if source.name_field else ""
             members.append((name, text))
         if members:
@@ -201,12 +181,17 @@ class DocumentStream:
             for file in files:
                 text = self._read_text(file)
                 self.progress.done += _size_of(file)
-                if text is not None:
+                if text is not None and (text := self._checked_text(text)) is not None:
                     yield text
 
     def _code_repos(self, source: SourceSpec) -> Iterator[str]:
         """Each subdirectory is one repository: its files, each preceded by its path, seeded order."""
         for root in expand_paths(source.path):
+            if not root.is_dir():
+                raise UserError(
+                    f"{root}: a code_repos source is a directory whose subdirectories are repositories; "
+                    "this is a file (use type: text_dir or jsonl)"
+                )
             for repo in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 files = sorted(
                     p
@@ -217,9 +202,9 @@ class DocumentStream:
                 )
                 members = []
                 for file in files:
-                    text = self._read_text(file, count=False)
+                    text = self._read_text(file)
                     self.progress.done += _size_of(file)
-                    if text is not None:
+                    if text is not None and text.strip():
                         members.append((f"{repo.name}/{file.relative_to(repo).as_posix()}", text))
                 document = self._join_group(repo.name, members) if members else None
                 if document is not None:
@@ -227,19 +212,12 @@ class DocumentStream:
                 elif not members:
                     self.counts.empty += 1
 
-    def _read_text(self, file: Path, count: bool = True) -> str | None:
-        data = file.read_bytes()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            if count:
-                self.counts.non_utf8 += 1
-            return None
-        if "\x00" in text:  # binary file that happens to decode
-            if count:
-                self.counts.non_utf8 += 1
-            return None
-        return self._checked_text(text) if count else (text if text.strip() else None)
+    def _read_text(self, file: Path) -> str | None:
+        """A file of a directory tree: its text, or None (counted) when it is not UTF-8 text."""
+        text = read_text_file(file, binary_ok=True)
+        if text is None:
+            self.counts.non_utf8 += 1
+        return text
 
     # ------------------------------------------------------------------ file formats -> rows
     def _rows(self, source: SourceSpec) -> Iterator[Row]:
@@ -254,34 +232,23 @@ class DocumentStream:
                 raise UserError(f"source type {source.type!r} has no rows")
 
     def _jsonl_rows(self, path: Path) -> Iterator[Row]:
-        stream, raw = open_binary(path)
         start = self.progress.done
-        with stream, raw:
-            for line_no, line in enumerate(stream, start=1):
-                if line_no % 256 == 0:
-                    self.progress.done = start + raw.tell()
-                if not line.strip():
-                    continue
-                try:
-                    text = line.decode("utf-8")
-                except UnicodeDecodeError:
-                    self.counts.non_utf8 += 1
-                    continue
-                try:
-                    fields = json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise UserError(
-                        f"{path}:{line_no}: malformed JSON ({error.msg} at column {error.colno})"
-                    ) from None
-                if not isinstance(fields, dict):
-                    raise UserError(f"{path}:{line_no}: expected a JSON object, got {type(fields).__name__}")
-                yield Row(fields, f"{path}:{line_no}")
+
+        def progress(read: int) -> None:
+            self.progress.done = start + read
+
+        for where, fields in jsonl_records(path, progress):
+            yield Row(fields, where)
         self.progress.done = start + _size_of(path)
 
     def _parquet_rows(self, path: Path, source: SourceSpec) -> Iterator[Row]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        file = pq.ParquetFile(path)
+        try:
+            file = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as error:
+            raise UserError(f"{path}: not a readable Parquet file ({error})") from None
         names = file.schema_arrow.names
         wanted = [source.messages_field] if self.chat else [source.text_field]
         wanted += [f for f in (source.group_field, source.name_field) if f]
@@ -290,7 +257,10 @@ class DocumentStream:
                 raise UserError(f"{path}: no column {name!r}; columns: {names}")
         row_no = 0
         for group in range(file.num_row_groups):
-            table = file.read_row_group(group, columns=wanted)
+            try:
+                table = file.read_row_group(group, columns=wanted)
+            except (pa.ArrowException, OSError) as error:
+                raise UserError(f"{path}: row group {group} (after row {row_no}) is unreadable ({error})") from None
             for fields in table.to_pylist():
                 row_no += 1
                 yield Row(fields, f"{path}: row {row_no}")
@@ -300,7 +270,13 @@ class DocumentStream:
     def _hf_rows(self, path: Path) -> Iterator[Row]:
         import datasets
 
-        loaded = datasets.load_from_disk(str(path))
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except (FileNotFoundError, ValueError, OSError) as error:
+            raise UserError(
+                f"{path}: not a Hugging Face dataset saved with save_to_disk ({error}); for files use type "
+                "jsonl or parquet"
+            ) from None
         splits = [loaded[k] for k in sorted(loaded)] if isinstance(loaded, datasets.DatasetDict) else [loaded]
         for split in splits:
             for row_no, fields in enumerate(split, start=1):  # arrow-backed: rows are read lazily
@@ -312,6 +288,25 @@ def _field(row: Row, name: str) -> Any:
     if name not in row.fields:
         raise UserError(f"{row.where}: no field {name!r}; the row has fields {sorted(row.fields)}")
     return row.fields[name]
+
+
+def _text_field(row: Row, name: str) -> str:
+    text = _field(row, name)
+    if not isinstance(text, str):
+        raise UserError(f"{row.where}: field {name!r} should be text, got {type(text).__name__}")
+    return _require_unicode(text, row.where, name)
+
+
+def _require_unicode(text: str, where: str, name: str) -> str:
+    """`text`, unless it holds a lone surrogate (a \\ud800-style JSON escape) that no tokenizer encodes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UserError(
+            f"{where}: field {name!r} holds a lone surrogate (U+{ord(text[error.start]):04X} at character "
+            f"{error.start}), which is not valid Unicode; fix the escape in the source"
+        ) from None
+    return text
 
 
 def _size_of(path: Path) -> int:

@@ -34,13 +34,6 @@ PARALLEL_MIN_BYTES = 16 << 20
 
 
 # ------------------------------------------------------------------------------ tokenizer identity
-def load_tokenizer(path: str | Path) -> Any:
-    """A Hugging Face tokenizer from a local directory (the same call a real checkpoint takes)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
-
-
 def tokenizer_identity(tokenizer: Any) -> dict[str, str]:
     """{name, vocab_hash}: the hash covers every token string and id, special tokens included."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
@@ -76,6 +69,8 @@ def _init_worker(tokenizer_path: str, chat: bool, special: SpecialIds, threads: 
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     file = Path(tokenizer_path) / "tokenizer.json"
     if chat or not file.exists():
+        from prolong.model.io import load_tokenizer  # here, not at the top: plain-text workers skip torch
+
         _worker["hf"] = load_tokenizer(tokenizer_path)
         _worker["fast"] = _worker["hf"].backend_tokenizer
     else:  # plain text needs only the Rust tokenizer: much faster to start than transformers
@@ -174,7 +169,10 @@ def tokenize_documents(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_path)
+    if tokenizer is None:
+        from prolong.model.io import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer_path)
     chat = bool(getattr(stream, "chat", False))
     special = SpecialIds.of(tokenizer)
     if workers is None:

@@ -76,10 +76,10 @@ def perplexity(model_dir: str, docs: str, seq_len: int = 65536, last_n: int = 32
     --docs: a .txt/.jsonl ('text' field) file or directory of long documents. A secondary signal only:
     judge long-context ability by the downstream tasks of `prolong eval`.
     """
-    from prolong.eval.engine import load_model
+    from prolong.eval.engine import load_for_generation
     from prolong.eval.perplexity import perplexity_by_position, read_texts
 
-    model, tokenizer = load_model(model_dir, dtype)
+    model, tokenizer = load_for_generation(model_dir, dtype)
     result = perplexity_by_position(model, tokenizer, read_texts(docs), seq_len, last_n, num_buckets, max_docs)
     text = json.dumps(result, indent=1)
     if out:

@@ -36,17 +36,17 @@ class Engine(Protocol):
                  on_done: Callable[[int], None] | None = None) -> list[Generation]: ...
 
 
-def load_model(model_dir: str, dtype: str = "auto", device: str | None = None,
-               trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer) from a local HF directory; remote code only when asked for."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_for_generation(model_dir: str, dtype: str = "auto", device: str | None = None,
+                        trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) of a local HF directory for decoding, through prolong.model.io's loaders (local
+    files and safetensors only, remote code only when asked for): SDPA attention (HFEngine switches
+    single prompts to chunked prefill), eval mode, on `device` (default: CUDA when present)."""
+    from prolong.model.io import load_model, load_tokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
-                   "float16": torch.float16}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    return model.to(device).eval(), tokenizer
+    model = load_model(model_dir, dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code,
+                       device=device)
+    return model.eval(), load_tokenizer(model_dir, trust_remote_code)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

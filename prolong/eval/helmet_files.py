@@ -7,7 +7,6 @@ file raises a UserError naming the path and the row format expected.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -68,17 +67,18 @@ def per_length(table: list[int], length: int) -> int:
 
 
 def read_jsonl(path: Path, kind: str) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a clear UserError when it is missing or not JSONL."""
+    """Rows of a JSONL file (read by prolong.data.text_files); a UserError naming the file and line, and
+    the row format expected, when it is missing, empty or not JSONL."""
+    from prolong.data.text_files import jsonl_records
+
     if not path.exists():
         raise UserError(f"missing data file {path}; expected {FORMATS[kind]}")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise UserError(f"{path}:{number} is not JSON ({error}); expected {FORMATS[kind]}") from None
+    try:
+        rows = [row for _, row in jsonl_records(path)]
+    except UserError as error:
+        raise UserError(f"{error}; expected {FORMATS[kind]}") from None
+    if not rows:
+        raise UserError(f"{path} holds no rows; expected {FORMATS[kind]}")
     return rows
 
 

@@ -1,4 +1,5 @@
-"""Model-judged QA and summarization through any OpenAI-compatible chat endpoint (urllib, no client library).
+"""Model-judged QA and summarization through any OpenAI-compatible chat endpoint (prolong.chat_client,
+with its retries and timeouts).
 
 The judge follows HELMET's scheme: QA = fluency (0/1) x correctness (0-3) / 3; summaries = F1 of key-point
 recall and sentence precision. Prompts are ours (HELMET's are long); scores are labelled `judge_*`.
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 from typing import Any
+
+from prolong.chat_client import ChatClient
 
 QA_PROMPT = """Judge a model's answer to a question about a long story.
 Question: {question}
@@ -35,21 +37,19 @@ For each candidate sentence say whether the reference supports it. Reply with JS
 
 
 class OpenAIJudge:
-    """Chat-completions client: `base_url` like http://localhost:8000/v1, any served model name."""
+    """A judge model behind an OpenAI-compatible endpoint: `base_url` like http://localhost:8000/v1.
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 120.0) -> None:
-        self.base_url, self.model, self.api_key, self.timeout = base_url.rstrip("/"), model, api_key, timeout
+    Failed requests are retried (prolong.chat_client); an endpoint that stays down, or refuses the
+    request, raises ChatEndpointError. A reply that is not JSON scores 0, as in HELMET.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 120.0,
+                 max_retries: int = 5, backoff_s: float = 1.0) -> None:
+        self.client = ChatClient(base_url, model, api_key, max_retries, timeout, backoff_s)
 
     def ask(self, prompt: str) -> dict[str, Any]:
         """Send one user message at temperature 0; the first JSON object of the reply."""
-        body = json.dumps({"model": self.model, "temperature": 0.0, "max_tokens": 512,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers=headers)
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            reply = json.loads(response.read())["choices"][0]["message"]["content"]
+        reply = self.client.complete(prompt, max_tokens=512)
         match = re.search(r"\{.*\}", reply, flags=re.DOTALL)
         try:
             return json.loads(match.group(0)) if match else {}

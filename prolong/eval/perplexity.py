@@ -6,7 +6,6 @@ runs through the model in chunks with a KV cache, so only one chunk's logits exi
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,19 +16,29 @@ import torch.nn.functional as F
 
 from prolong.errors import UserError
 
+TEXT_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst")
+
 
 def read_texts(path: str | Path) -> Iterable[str]:
-    """Texts of a .txt file, a .jsonl file ('text' field) or a directory of them."""
+    """Texts of a .txt file, a .jsonl/.jsonl.gz/.jsonl.zst file ('text' field) or a directory of them.
+
+    Read by prolong.data.text_files: malformed JSON, a row without a string 'text' or invalid UTF-8 is
+    an error naming the file and line.
+    """
+    from prolong.data.text_files import jsonl_records, read_text_file
+
     root = Path(path)
     if not root.exists():
         raise UserError(f"{root} does not exist; expected a .txt/.jsonl file (field 'text') or a directory")
-    for file in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".jsonl")):
-        if file.suffix == ".jsonl":
-            for line in file.open(encoding="utf-8"):
-                if line.strip():
-                    yield str(json.loads(line)["text"])
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.name.endswith(TEXT_SUFFIXES))
+    for file in files:
+        if ".jsonl" in file.name:
+            for where, row in jsonl_records(file):
+                if not isinstance(row.get("text"), str):
+                    raise UserError(f"{where}: expected a string field 'text'; the row has {sorted(row)}")
+                yield row["text"]
         else:
-            yield file.read_text(encoding="utf-8", errors="replace")
+            yield str(read_text_file(file))
 
 
 @torch.inference_mode()

@@ -19,7 +19,7 @@ from rich.progress import (
 from prolong.eval import metrics as M
 from prolong.eval import protocol as P
 from prolong.eval import report
-from prolong.eval.engine import Engine, HFEngine, VLLMEngine, load_model, vllm_available
+from prolong.eval.engine import Engine, HFEngine, VLLMEngine, load_for_generation, vllm_available
 from prolong.eval.plots import plot_depth_heatmap, plot_score_vs_length
 from prolong.eval.tasks import TASKS, build_examples, resolve_tasks, score
 
@@ -132,7 +132,7 @@ def run_eval(model_dir: str, tasks: str | Sequence[str] = "recall", lengths: str
         engine: Engine = VLLMEngine(model_dir, max_model_len=max(length_list), trust_remote_code=trust_remote_code)
         tokenizer = engine.tokenizer
     else:
-        model, tokenizer = load_model(model_dir, dtype, device, trust_remote_code)
+        model, tokenizer = load_for_generation(model_dir, dtype, device, trust_remote_code)
         engine = HFEngine(model, tokenizer, prefill_chunk=prefill_chunk)
     judge = OpenAIJudge(judge_url, judge_model or "default", judge_api_key) if judge_url else None
     args = {"model_dir": str(model_dir), "backend": type(engine).__name__, "dtype": dtype}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import random
 import uuid
 from importlib import resources
@@ -42,10 +41,11 @@ def uuid4(rng: random.Random) -> str:
 
 
 def _read_prose(path: Path) -> str:
+    from prolong.data.text_files import jsonl_records, read_text_file  # one reader: located errors
+
     if path.suffix == ".jsonl":
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return "\n".join(str(json.loads(line).get("text", "")) for line in lines if line.strip())
-    return path.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(str(row.get("text", "")) for _, row in jsonl_records(path))
+    return str(read_text_file(path))
 
 
 @functools.cache

@@ -26,6 +26,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from prolong.hf_dirs import require_model_dir, require_tokenizer_dir
 from prolong.model.attention import BACKENDS, register_attention
 from prolong.model.rope import YarnScaling, apply_rope_config
 
@@ -53,15 +54,6 @@ def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _local_dir(path: str | os.PathLike) -> Path:
-    directory = Path(path)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{directory} is not a model directory (no config.json); models load from disk only"
-        )
-    return directory
-
-
 def resolve_attn_implementation(attn_implementation: str | None) -> str:
     """Name to pass to transformers: None/"auto" -> prolong auto backend; a prolong backend name -> that
     backend registered; anything else ("sdpa", "eager", "flash_attention_2", ...) unchanged."""
@@ -82,14 +74,17 @@ def load_model(
     yarn: YarnScaling | Mapping[str, Any] | None = None,
     max_position_embeddings: int | None = None,
 ) -> PreTrainedModel:
-    """Load a causal LM from a local directory, optionally with new RoPE settings.
+    """Load a causal LM from a local directory, optionally with new RoPE settings: the one model loader.
 
+    Safe by default: local files only (a path that is not a checkpoint directory is a LocalDirError,
+    nothing is downloaded), safetensors weights only, the checkpoint's own code only with
+    trust_remote_code. dtype: a torch dtype, a name (float32, bf16, ...) or "auto" (the checkpoint's).
     attn_implementation: None for prolong's document-masked attention (backend chosen automatically), a
     prolong backend name (varlen, flash_attn, sdpa_per_doc, cross_document) to force one, or any name
     transformers knows (sdpa, eager). RoPE changes are applied to the config before the weights load, so
     the rotary embeddings are built with them.
     """
-    directory = _local_dir(path)
+    directory = require_model_dir(path)
     config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code, local_files_only=True)
     if rope_theta is not None or yarn is not None or max_position_embeddings is not None:
         apply_rope_config(
@@ -98,7 +93,7 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(
         directory,
         config=config,
-        dtype=parse_dtype(dtype),
+        dtype="auto" if dtype == "auto" else parse_dtype(dtype),
         attn_implementation=resolve_attn_implementation(attn_implementation),
         trust_remote_code=trust_remote_code,
         local_files_only=True,
@@ -110,9 +105,13 @@ def load_model(
 
 
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """Load the tokenizer saved in a local model (or tokenizer) directory."""
+    """Load the tokenizer saved in a local model (or tokenizer) directory: the one tokenizer loader.
+
+    Local files only (a path that is not a tokenizer directory is a LocalDirError); the checkpoint's own
+    tokenizer code only with trust_remote_code.
+    """
     return AutoTokenizer.from_pretrained(
-        Path(path), trust_remote_code=trust_remote_code, local_files_only=True
+        require_tokenizer_dir(path), trust_remote_code=trust_remote_code, local_files_only=True
     )
 
 

@@ -2,31 +2,25 @@
 
 `Generator.generate(prompts, max_new_tokens)` takes user messages and returns the assistant replies.
 Two implementations: a local Hugging Face checkpoint (chat template applied, greedy decoding) and an
-OpenAI-compatible HTTP endpoint (`/v1/chat/completions`, e.g. a local vLLM server).
+OpenAI-compatible HTTP endpoint (`/v1/chat/completions`, e.g. a local vLLM server) through
+prolong.chat_client, the client the LLM judge uses too.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+from prolong.chat_client import ChatClient
 from prolong.config import SynthSpec
 from prolong.errors import UserError
 
-# HTTP statuses worth retrying: the server is busy, restarting or timed out. Others (400 bad request,
-# 401/403 auth, 404 wrong URL or model) will not get better by asking again.
-_RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
-
 
 class GeneratorError(UserError):
-    """The generator could not produce a reply (endpoint down after retries, bad model path, ...)."""
+    """The local generator cannot be used (not a checkpoint, no chat template). Endpoint failures are
+    prolong.chat_client.ChatEndpointError."""
 
 
 class Generator(Protocol):
@@ -48,14 +42,14 @@ class LocalGenerator:
     def __init__(self, path: str | Path, device: str | None = None, trust_remote_code: bool = False) -> None:
         import torch
 
-        from prolong.eval.engine import HFEngine, load_model
+        from prolong.eval.engine import HFEngine, load_for_generation
 
         path = Path(path)
         if not (path / "config.json").is_file():
             raise GeneratorError(f"synth.generator: {path} is not a Hugging Face checkpoint (no config.json)")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # bfloat16 matmuls are slow on CPU; the checkpoint's own dtype is kept on GPU.
-        model, tokenizer = load_model(
+        model, tokenizer = load_for_generation(
             str(path), "float32" if device == "cpu" else "auto", device, trust_remote_code
         )
         if not tokenizer.chat_template:
@@ -81,18 +75,9 @@ class LocalGenerator:
 
 
 # ------------------------------------------------------------------------------ HTTP endpoint
-def chat_completions_url(endpoint: str) -> str:
-    """The chat completions URL of a base URL given with or without `/v1` (or already complete)."""
-    base = endpoint.rstrip("/")
-    if base.endswith("/chat/completions"):
-        return base
-    if base.endswith("/v1"):
-        return f"{base}/chat/completions"
-    return f"{base}/v1/chat/completions"
-
-
 class EndpointGenerator:
-    """An OpenAI-compatible server: one POST per prompt, temperature 0, retried with exponential backoff."""
+    """An OpenAI-compatible server through prolong's one chat client (retries, backoff, timeouts):
+    one request per prompt, temperature 0."""
 
     def __init__(
         self,
@@ -103,65 +88,16 @@ class EndpointGenerator:
         timeout_s: float = 600.0,
         backoff_s: float = 1.0,
     ) -> None:
-        self.url = chat_completions_url(endpoint)
-        self.model = model
-        self.api_key = api_key
-        self.max_retries = max_retries
-        self.timeout_s = timeout_s
-        self.backoff_s = backoff_s
-        self.retries = 0  # retried requests so far (all threads): reported in the summary
-        self._lock = threading.Lock()
+        self.client = ChatClient(endpoint, model, api_key, max_retries, timeout_s, backoff_s)
+
+    @property
+    def retries(self) -> int:
+        """Retried requests so far (all threads): reported in the summary."""
+        return self.client.retries
 
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         """One request per prompt, in order."""
-        return [self._complete(prompt, max_new_tokens) for prompt in prompts]
-
-    def _complete(self, prompt: str, max_new_tokens: int) -> str:
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": max_new_tokens,
-                "temperature": 0.0,
-            }
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last_error = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                with self._lock:
-                    self.retries += 1
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    payload = json.loads(response.read().decode("utf-8"))
-                return _reply_text(payload, self.url)
-            except urllib.error.HTTPError as error:
-                detail = error.read().decode("utf-8", "replace")[:300]
-                last_error = f"HTTP {error.code} {error.reason}: {detail}"
-                if error.code not in _RETRYABLE:
-                    raise GeneratorError(
-                        f"{self.url} refused the request ({last_error}); not retried"
-                    ) from None
-            except (urllib.error.URLError, http.client.HTTPException, OSError, json.JSONDecodeError) as error:
-                last_error = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
-        raise GeneratorError(
-            f"{self.url} failed {self.max_retries + 1} times (last: {last_error}); is the server up and "
-            f"serving model {self.model!r}?"
-        )
-
-
-def _reply_text(payload: Any, url: str) -> str:
-    try:
-        content = payload["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise GeneratorError(
-            f"{url} answered without choices[0].message.content: {str(payload)[:300]}"
-        ) from None
-    return (content or "").strip()
+        return [self.client.complete(prompt, max_new_tokens) for prompt in prompts]
 
 
 # ---------------------------------------------------------------------------------------- factory

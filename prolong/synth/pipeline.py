@@ -28,11 +28,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from prolong.chat_client import ChatEndpointError
 from prolong.config import Recipe, SynthSpec
 from prolong.data.build import resolve_tokenizer
 from prolong.data.sources import stable_seed
-from prolong.data.tokenize import load_tokenizer, tokenizer_identity
+from prolong.data.tokenize import tokenizer_identity
 from prolong.errors import UserError
+from prolong.model.io import load_tokenizer
 from prolong.synth.documents import LongDocument, load_documents
 from prolong.synth.generators import Generator, GeneratorError, make_generator
 from prolong.synth.store import SynthStore
@@ -283,8 +285,8 @@ def _run_items(
                     report.malformed[item.split("/")[0]] += 1
                 rate = report.finished / max(time.perf_counter() - began, 1e-9)
                 progress.update(bar, advance=1, rate=rate, malformed=sum(report.malformed.values()))
-        except GeneratorError as error:
-            raise GeneratorError(
+        except (GeneratorError, ChatEndpointError) as error:
+            raise type(error)(
                 f"{error}\n{report.finished} items of this run (and {report.resumed} before) are saved in "
                 f"{store.output}; run the same command again to resume"
             ) from None

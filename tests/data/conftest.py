@@ -27,7 +27,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir: Path):
-    from prolong.data.tokenize import load_tokenizer
+    from prolong.model.io import load_tokenizer
 
     return load_tokenizer(tokenizer_dir)
 

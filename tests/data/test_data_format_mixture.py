@@ -137,8 +137,8 @@ def test_reordering_balances_costs_per_accumulation_index(shard_root) -> None:
 
 
 def test_tokenizer_mismatch_is_refused(tmp_path, tokenizer) -> None:
-    from prolong.data.tokenize import load_tokenizer
     from prolong.data.tokenizer_train import train_tokenizer
+    from prolong.model.io import load_tokenizer
 
     other = load_tokenizer(train_tokenizer(["some other text entirely"] * 10, tmp_path / "other", 300))
     meta = {"domain": "web", "doc_len": 64, "tokenizer": tokenizer_identity(tokenizer)}

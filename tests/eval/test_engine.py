@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prolong.eval.engine import HFEngine, load_model
+from prolong.eval.engine import HFEngine, load_for_generation
 
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(model_dir):
-    return load_model(str(model_dir), dtype="float32", device="cpu")
+    return load_for_generation(str(model_dir), dtype="float32", device="cpu")
 
 
 def _reference(model, prompt: list[int], max_new_tokens: int) -> list[int]:

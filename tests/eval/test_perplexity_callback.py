@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from prolong.eval import make_eval_callback
-from prolong.eval.engine import load_model
+from prolong.eval.engine import load_for_generation
 from prolong.eval.perplexity import perplexity_by_position, token_losses
 
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(model_dir):
-    return load_model(str(model_dir), dtype="float32", device="cpu")
+    return load_for_generation(str(model_dir), dtype="float32", device="cpu")
 
 
 def test_chunked_losses_match_full_forward(model_and_tokenizer) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,7 +62,7 @@ def model_dir(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-instruct")
     texts = [json.loads(line)["text"] for line in (corpus / "books.jsonl").read_text().splitlines()]
     tokenizer_path = train_tokenizer(texts, path, vocab_size=400, name="tiny-instruct")
-    from prolong.data.tokenize import load_tokenizer
+    from prolong.model.io import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_path)
     torch.manual_seed(0)
@@ -153,7 +154,14 @@ def make_recipe(corpus: Path, model_dir: Path, tmp_path: Path) -> Callable[..., 
 # ------------------------------------------------------------------------- OpenAI-compatible server
 def canned_reply(prompt: str) -> str:
     """The server's answer: a well-formed QA pair quoting the snippet (malformed for about a quarter of
-    snippets, chosen by a hash), or a summary quoting the start of the text to summarize."""
+    snippets, chosen by a hash), a summary quoting the start of the text to summarize, or for the LLM
+    judge's prompts a verdict (QA: fluency 1, correctness 2; key points and sentences: alternately
+    supported, the first one supported)."""
+    if "Reply with JSON only" in prompt:
+        if '"fluency"' in prompt:
+            return 'Verdict: {"fluency": 1, "correctness": 2}'
+        listed = [line for line in prompt.splitlines() if line[:1].isdigit() and ". " in line]
+        return json.dumps({"supported": [i % 2 == 0 for i in range(len(listed))]})
     if "*** Start of the snippet ***" in prompt:
         snippet = (
             prompt.split("*** Start of the snippet ***")[1].split("*** End of the snippet ***")[0].strip()
@@ -171,7 +179,10 @@ class ChatServer:
 
     def __init__(self) -> None:
         self.prompts: list[str] = []
-        self.fail_next = 0  # answer this many requests with HTTP 500
+        self.fail_next = 0  # answer this many requests with `fail_status`
+        self.fail_status = 500
+        self.retry_after: str | None = None  # Retry-After header of the failures
+        self.delay_s = 0.0  # wait this long before answering (a slow server: client timeouts)
         self.failures = 0
         self.on_request: Callable[[str], None] | None = None
         server = self
@@ -183,10 +194,13 @@ class ChatServer:
                 if self.path != "/v1/chat/completions" or body.get("model") != "tiny":
                     self._send(404, {"error": {"message": f"no route {self.path} for {body.get('model')}"}})
                     return
+                if server.delay_s:
+                    time.sleep(server.delay_s)
                 if server.fail_next > 0:
                     server.fail_next -= 1
                     server.failures += 1
-                    self._send(500, {"error": {"message": "internal error (canned)"}})
+                    headers = {"Retry-After": server.retry_after} if server.retry_after else {}
+                    self._send(server.fail_status, {"error": {"message": "internal error (canned)"}}, headers)
                     return
                 server.prompts.append(prompt)
                 if server.on_request is not None:
@@ -196,13 +210,18 @@ class ChatServer:
                     200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}
                 )
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
+            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for key, value in (headers or {}).items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
 
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 pass

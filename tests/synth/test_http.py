@@ -1,15 +1,21 @@
 """Against a small OpenAI-compatible server on 127.0.0.1: real HTTP round trips with canned replies,
-an HTTP 500 and its retry, a server that stays down, and an interrupted run that resumes."""
+HTTP errors and their retries (Retry-After honoured), a slow server, a server that stays down, the
+LLM judge through the same client, and an interrupted synthesis run that resumes."""
 
 from __future__ import annotations
 
 import _thread
+import email.utils
 import json
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from prolong.synth.generators import EndpointGenerator, GeneratorError, chat_completions_url, make_generator
+from prolong.chat_client import ChatClient, ChatEndpointError, chat_completions_url, retry_after_s
+from prolong.eval.judge import OpenAIJudge
+from prolong.synth.generators import EndpointGenerator, make_generator
 from prolong.synth.pipeline import run_synth
 
 
@@ -28,12 +34,82 @@ def test_round_trip_with_one_error_and_a_retry(chat_server) -> None:
 def test_server_down_is_reported_after_the_retries(chat_server) -> None:
     generator = EndpointGenerator(chat_server.url, "tiny", max_retries=2, backoff_s=0.01)
     chat_server.fail_next = 10
-    with pytest.raises(GeneratorError, match=r"failed 3 times \(last: HTTP 500.*internal error \(canned\)"):
+    with pytest.raises(ChatEndpointError, match=r"failed 3 times \(last: HTTP 500.*internal error \(canned\)"):
         generator.generate(["x"], 4)
     assert chat_server.failures == 3
     wrong_model = EndpointGenerator(chat_server.url, "other", max_retries=5, backoff_s=0.01)
-    with pytest.raises(GeneratorError, match="HTTP 404.*not retried"):
+    with pytest.raises(ChatEndpointError, match=r"request for model 'other' \(HTTP 404.*not retried"):
         wrong_model.generate(["x"], 4)
+
+
+@pytest.mark.parametrize("status", [408, 409, 425, 429, 502, 503, 504])
+def test_every_retryable_status_is_retried(chat_server, status) -> None:
+    client = ChatClient(chat_server.url, "tiny", max_retries=3, backoff_s=0.01)
+    chat_server.fail_next, chat_server.fail_status = 2, status
+    assert client.complete("Summarize.\n***\none", 8) == "Summary: one"
+    assert client.retries == 2 and chat_server.failures == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 422])
+def test_client_errors_are_not_retried(chat_server, status) -> None:
+    client = ChatClient(chat_server.url, "tiny", max_retries=3, backoff_s=0.01)
+    chat_server.fail_next, chat_server.fail_status = 5, status
+    with pytest.raises(ChatEndpointError, match=f"refused the request .*HTTP {status}.*not retried"):
+        client.complete("x", 8)
+    assert chat_server.failures == 1 and client.retries == 0
+
+
+def test_retry_after_is_honoured_over_the_backoff(chat_server) -> None:
+    # A backoff of 30 s would time the test out; the server's "Retry-After: 0" says retry at once.
+    client = ChatClient(chat_server.url, "tiny", max_retries=1, backoff_s=30.0)
+    chat_server.fail_next, chat_server.fail_status, chat_server.retry_after = 1, 429, "0"
+    began = time.monotonic()
+    assert client.complete("Summarize.\n***\nsoon", 8) == "Summary: soon"
+    assert time.monotonic() - began < 10 and client.retries == 1
+    assert retry_after_s("7") == 7.0 and retry_after_s("soon") is None and retry_after_s(None) is None
+    in_20s = email.utils.formatdate(time.time() + 20, usegmt=True)
+    assert 15 < retry_after_s(in_20s) <= 20  # type: ignore[operator]
+    assert ChatClient("http://h", "m", max_backoff_s=5)._delay(1, 3600.0) == 5  # capped
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    client = ChatClient("http://h", "m", backoff_s=1.0, max_backoff_s=10.0)
+    for attempt, full in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (6, 10.0)]:
+        delays = [client._delay(attempt, None) for _ in range(50)]
+        assert all(full / 2 <= d <= full for d in delays) and len(set(delays)) > 1
+
+
+def test_timeouts_and_refused_connections_are_retried_then_reported(chat_server) -> None:
+    chat_server.delay_s = 1.0
+    client = ChatClient(chat_server.url, "tiny", max_retries=1, timeout_s=0.2, backoff_s=0.01)
+    with pytest.raises(ChatEndpointError, match=r"failed 2 times \(last: .*timed out"):
+        client.complete("x", 4)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = ChatClient(f"http://127.0.0.1:{port}", "tiny", max_retries=2, backoff_s=0.01)
+    with pytest.raises(ChatEndpointError, match=rf"127\.0\.0\.1:{port}/v1/chat/completions failed 3 times.*refused"):
+        client.complete("x", 4)
+    assert client.retries == 2
+
+
+def test_judge_through_the_same_client_with_a_retry(chat_server) -> None:
+    judge = OpenAIJudge(chat_server.url, "tiny", backoff_s=0.01)
+    chat_server.fail_next = 1
+    assert judge.score_qa("Who?", ["Anna"], "Anna did.") == {
+        "judge_fluency": 1.0,
+        "judge_correctness": 2 / 3,
+        "judge_score": 2 / 3,
+    }
+    assert judge.client.retries == 1
+    summary = judge.score_summary("ref", ["a", "b", "c", "d"], "One. Two. Three.")
+    # key points: supported, not, supported, not -> recall 1/2; sentences: yes, no, yes -> precision 2/3
+    assert summary["judge_recall"] == 0.5 and summary["judge_precision"] == 2 / 3
+    assert summary["judge_f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    chat_server.fail_next = 10
+    down = OpenAIJudge(chat_server.url, "tiny", max_retries=1, backoff_s=0.01)
+    with pytest.raises(ChatEndpointError, match="failed 2 times"):
+        down.score_qa("Who?", ["Anna"], "Anna did.")
 
 
 def test_urls() -> None:
@@ -59,7 +135,7 @@ def test_pipeline_through_the_endpoint(make_recipe, chat_server) -> None:
     }
     assert report.examples["summ"] == 6
 
-    from prolong.data.tokenize import load_tokenizer
+    from prolong.model.io import load_tokenizer
     from prolong.synth.documents import load_documents
 
     pool = load_documents(recipe, recipe.synth, load_tokenizer(recipe.model.path))

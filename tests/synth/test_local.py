@@ -21,7 +21,7 @@ def test_local_generator_replies_through_the_chat_template(model_dir: Path) -> N
 
 
 def test_recursive_summaries_with_the_local_model_at_several_sizes(make_recipe, model_dir: Path) -> None:
-    from prolong.data.tokenize import load_tokenizer
+    from prolong.model.io import load_tokenizer
 
     generator = LocalGenerator(model_dir, device="cpu")
     recipe = make_recipe(chunk_tokens=64, min_doc_tokens=640)

@@ -19,7 +19,7 @@ from prolong.synth.tasks import group_for_merge, rag_passages, summarize_recursi
 
 @pytest.fixture(scope="module")
 def tokenizer(model_dir: Path):
-    from prolong.data.tokenize import load_tokenizer
+    from prolong.model.io import load_tokenizer
 
     return load_tokenizer(model_dir)
 
