@@ -236,31 +236,39 @@ def _pack_domain(
         first = next(plan, None)
         if first is None:
             mode = "long" if single_doc_chunks else "sft" if domain.kind == "sft" else "concatenated"
-            raise UserError(_no_sequences(domain, stage, doc_len, lengths[selected], mode))
+            raise UserError(_no_sequences(domain, stage, doc_len, lengths, selected, mode))
         planned.append((itertools.chain([first], plan), target, meta))
     return [write_shard(docs, plan, target, meta, domain.kind == "sft") for plan, target, meta in planned]
 
 
 def _no_documents(domain: DomainSpec, counts: dict[str, int]) -> str:
     sources = ", ".join(f"{s.path} ({s.type})" for s in domain.sources)
-    skipped = f"{counts['empty']:,} empty documents"
+    seen = []
+    if counts["empty"]:
+        seen.append(f"{counts['empty']:,} empty documents dropped")
     if counts["non_utf8"]:
-        skipped += f", {counts['non_utf8']:,} files not UTF-8 text"
+        seen.append(f"{counts['non_utf8']:,} files skipped as not UTF-8 text")
     field = "messages_field" if domain.kind == "sft" else "text_field"
     return (
-        f"domain {domain.name!r}: its sources give no document to train on ({sources}: {skipped}); "
-        f"point the source at a corpus with content, check its {field}, or drop the domain from the mixtures"
+        f"domain {domain.name!r}: its sources give no document to train on ({sources}: "
+        f"{', '.join(seen) or 'nothing in them'}); point the source at a corpus with content, check its "
+        f"{field}, or drop the domain from the mixtures"
     )
 
 
-def _no_sequences(domain: DomainSpec, stage: StageSpec, doc_len: int, lengths: np.ndarray, mode: str) -> str:
-    """Why a length subset gives no sequence; `lengths` are the token counts of its documents."""
+def _no_sequences(
+    domain: DomainSpec, stage: StageSpec, doc_len: int, lengths: np.ndarray, selected: np.ndarray, mode: str
+) -> str:
+    """Why a length subset gives no sequence; `lengths`: tokens of every document of the domain,
+    `selected`: the documents of the subset."""
     where = f"stage {stage.name!r}, domain {domain.name!r}@{doc_len}"
-    longest = int(lengths.max()) if len(lengths) else 0
+    mine = lengths[selected]
     if mode == "sft":
-        why = f"each of its {len(lengths):,} conversations is longer than seq_len {stage.seq_len}"
+        why = f"each of its {len(mine):,} conversations is longer than seq_len {stage.seq_len}"
+    elif mode == "long" and not (lengths >= doc_len).any():
+        why = f"none of its {len(lengths):,} documents reaches {doc_len} tokens (the longest has {lengths.max()})"
     elif mode == "long":
-        why = f"none of its {len(lengths):,} documents reaches {doc_len} tokens (the longest has {longest})"
+        why = f"no document was assigned to it ({int((lengths >= doc_len).sum()):,} documents reach {doc_len} tokens)"
     else:
-        why = f"its {len(lengths):,} documents hold {int(lengths.sum()):,} tokens, less than one sequence"
+        why = f"its {len(mine):,} documents hold {int(mine.sum()):,} tokens, less than one sequence"
     return f"{where}: no sequence to write: {why}; add data or lower the length"

@@ -23,9 +23,8 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: b
 def check_messages(messages: Any, where: str) -> list[dict[str, str]]:
     """Validate a conversation: a list of {role, content} with string content."""
     if not isinstance(messages, list) or not messages:
-        raise UserError(
-            f"{where}: messages must be a non-empty list of {{role, content}}, got {type(messages).__name__}"
-        )
+        got = "an empty list" if isinstance(messages, list) else type(messages).__name__
+        raise UserError(f"{where}: messages must be a non-empty list of {{role, content}}, got {got}")
     for number, turn in enumerate(messages, start=1):
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
             fields = sorted(turn) if isinstance(turn, dict) else type(turn).__name__

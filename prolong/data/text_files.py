@@ -160,7 +160,8 @@ def jsonl_records(
             try:
                 fields = json.loads(text)
             except json.JSONDecodeError as error:
-                raise UserError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
+                reason = error.msg.removesuffix(" at")  # "Unterminated string starting at"
+                raise UserError(f"{where}: malformed JSON ({reason} at column {error.colno})") from None
             if not isinstance(fields, dict):
                 raise UserError(f"{where}: expected a JSON object, got {type(fields).__name__}")
             yield where, fields
