@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from prolong.eval import attention
+from prolong.model.attention import register_attention, use_attention
 
 
 @dataclass
@@ -70,7 +70,7 @@ class HFEngine:
         self.pad_id = int(pad if pad is not None else 0)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._newline_ids: set[int] | None = None
-        attention.register()
+        self._prompt_attention = register_attention()  # prolong's adapter: mask-free chunked prefill
 
     @property
     def device(self) -> torch.device:
@@ -126,9 +126,10 @@ class HFEngine:
         return logits, cache, mask, positions[:, -1]
 
     def _attention_for(self, batch_size: int) -> contextlib.AbstractContextManager:
-        """Mask-free chunked attention for one unpadded SDPA prompt; padded batches keep masked SDPA."""
+        """prolong's attention for one unpadded SDPA prompt (its dense path runs prompt chunks after the first
+        mask-free, the window and soft-capping of the family included); padded batches keep masked SDPA."""
         if batch_size == 1 and self.model.config._attn_implementation == "sdpa":
-            return attention.use_attention(self.model, attention.NAME)
+            return use_attention(self.model, self._prompt_attention)
         return contextlib.nullcontext()
 
     @torch.inference_mode()

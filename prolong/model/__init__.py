@@ -3,6 +3,7 @@
 from prolong.model.attention import (
     BACKENDS,
     BackendUnavailableError,
+    UnsupportedAttentionError,
     available_backends,
     document_attention,
     register_attention,
@@ -19,6 +20,7 @@ __all__ = [
     "BackendUnavailableError",
     "CausalLMWithChunkedLoss",
     "PackedBatch",
+    "UnsupportedAttentionError",
     "YarnScaling",
     "apply_rope_config",
     "attention_kwargs",

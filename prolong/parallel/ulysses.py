@@ -16,14 +16,14 @@ Shapes: T tokens, H query heads, K key/value heads, D head dim; `_THD` = [T, H, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from transformers import AttentionInterface
 
-from prolong.model.attention import document_attention
+from prolong.model.attention import document_attention, register_attention
 from prolong.model.batch import PackedBatch
 
 
@@ -79,12 +79,34 @@ def ulysses_attention(
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
     scale: float,
-    group: dist.ProcessGroup,
-    backend: str,
+    backend: str = "auto",
     sliding_window: int | None = None,
+    *,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    group: dist.ProcessGroup,
 ) -> torch.Tensor:
-    """Document attention over a sequence split across the `group`; returns the local [T/sp, H, D]."""
+    """Document attention over a sequence split across `group`: q [T/sp, H, D] -> the local [T/sp, H, D].
+
+    A document kernel (the signature of document_attention, with the group bound) for the one adapter of
+    prolong.model.attention. The boundaries tell which case a batch is: global (covering sp * T/sp
+    tokens: exchange, attend on the whole sequence) or local (every document inside this rank's slice:
+    attend locally, no exchange). The causal kernel ignores boundaries, so it always exchanges.
+    """
     sp = dist.get_world_size(group)
+    if sp == 1 or (backend != "causal" and int(cu_seqlens[-1]) != sp * q_THD.shape[0]):
+        return document_attention(
+            q_THD,
+            k_TKD,
+            v_TKD,
+            cu_seqlens,
+            max_seqlen,
+            scale,
+            backend,
+            sliding_window,
+            softcap=softcap,
+            sinks=sinks,
+        )
     repeats = kv_repeats(k_TKD.shape[1], sp)
     if repeats > 1:  # only as many copies as needed for whole heads per rank, never the full H
         k_TKD = k_TKD.repeat_interleave(repeats, dim=1)
@@ -92,55 +114,35 @@ def ulysses_attention(
     q = seq_to_heads(q_THD, group, sp)
     k = seq_to_heads(k_TKD, group, sp)
     v = seq_to_heads(v_TKD, group, sp)
-    out = document_attention(q, k, v, cu_seqlens, max_seqlen, scale, backend, sliding_window)
+    if sinks is not None:  # after the exchange this rank holds query heads [rank * H/sp, (rank + 1) * H/sp)
+        sinks = sinks.chunk(sp)[dist.get_rank(group)]
+    out = document_attention(
+        q, k, v, cu_seqlens, max_seqlen, scale, backend, sliding_window, softcap=softcap, sinks=sinks
+    )
     return heads_to_seq(out, group, sp)
 
 
-def register_ulysses_attention(group: dist.ProcessGroup, backend: str, name: str = "prolong_ulysses") -> str:
-    """Register the Ulysses wrapper with transformers' AttentionInterface; returns the implementation name.
+def ulysses_kernel_name(group: dist.ProcessGroup) -> str:
+    """Registry token for the exchange over `group`: its size and c10d's name for it, which is unique
+    among the live groups of a process, so two meshes or stages never share one registered closure."""
+    label = "".join(ch if ch.isalnum() else "-" for ch in str(group.group_name))
+    return f"ulysses{dist.get_world_size(group)}-pg{label}"
+
+
+def register_ulysses_attention(group: dist.ProcessGroup, backend: str) -> str:
+    """Register the Ulysses exchange as the document kernel of prolong's attention adapter; returns the
+    implementation name (it names the group, see `ulysses_kernel_name`).
 
     The HF attention modules call it with q [1, H, T/sp, D], k/v [1, K, T/sp, D] and the batch's
-    keyword arguments (`cu_seq_lens_q`, `max_length_q` from `sp_shard_batch`).
+    keyword arguments (`cu_seq_lens_q`, `max_length_q` from `sp_shard_batch`); a call without those
+    boundaries is refused (require_boundaries), never split by local position ids.
     """
-    sp = dist.get_world_size(group)
-    # cross-document batches carry one segment [0, T]: per-document attention over it is plain causal
-    kernel = "sdpa_per_doc" if backend == "cross_document" else backend
-
-    def attention(
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        scaling: float | None = None,
-        dropout: float = 0.0,
-        sliding_window: int | None = None,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, None]:
-        if dropout:
-            raise ValueError(
-                "Ulysses attention does not implement attention dropout; set attention_dropout=0"
-            )
-        if query.shape[0] != 1:
-            raise ValueError(f"packed batches have batch size 1, got {query.shape[0]}")
-        if "cu_seq_lens_q" not in kwargs:
-            raise ValueError(
-                "Ulysses attention needs the batch's boundaries: call the model with attention_kwargs"
-            )
-        cu_seqlens = kwargs["cu_seq_lens_q"]
-        max_seqlen = int(kwargs["max_length_q"])
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T/sp, heads, D]
-        # the boundaries tell which case this batch is: global (exchange) or local (every document
-        # inside this rank's slice: no exchange needed)
-        if sp > 1 and int(cu_seqlens[-1]) == sp * q.shape[0]:
-            out = ulysses_attention(q, k, v, cu_seqlens, max_seqlen, scale, group, kernel, sliding_window)
-        else:
-            out = document_attention(q, k, v, cu_seqlens, max_seqlen, scale, kernel, sliding_window)
-        return out.unsqueeze(0), None  # [1, T/sp, H, D], as HF attention functions return
-
-    AttentionInterface.register(name, attention)
-    return name
+    return register_attention(
+        backend,
+        kernel=functools.partial(ulysses_attention, group=group),
+        kernel_name=ulysses_kernel_name(group),
+        require_boundaries=True,
+    )
 
 
 def _slice_boundaries(cu_seqlens: torch.Tensor, start: int, stop: int) -> torch.Tensor:

@@ -52,20 +52,6 @@ def test_batches_respect_budget_and_padding() -> None:
     assert groups == [[0, 1], [2], [3], [4, 5]]
 
 
-@pytest.mark.parametrize("q_len,kv_len,kv_heads", [(16, 40, 2), (1, 40, 4), (24, 24, 2)])
-def test_mask_free_attention_matches_masked_sdpa(q_len: int, kv_len: int, kv_heads: int) -> None:
-    from prolong.eval.attention import chunked_prefill_attention
-
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(2, 4, q_len, 8, generator=g)
-    k, v = torch.randn(2, kv_heads, kv_len, 8, generator=g), torch.randn(2, kv_heads, kv_len, 8, generator=g)
-    mask = torch.ones(q_len, kv_len, dtype=torch.bool).tril(diagonal=kv_len - q_len)
-    expected = torch.nn.functional.scaled_dot_product_attention(
-        q, k.repeat_interleave(4 // kv_heads, 1), v.repeat_interleave(4 // kv_heads, 1), attn_mask=mask)
-    out, _ = chunked_prefill_attention(None, q, k, v, None, scaling=None)
-    torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-5, atol=1e-5)
-
-
 def test_engine_restores_attention_implementation(model_and_tokenizer) -> None:
     model, tokenizer = model_and_tokenizer
     HFEngine(model, tokenizer, prefill_chunk=8).generate([[5, 6, 7, 8, 9] * 4], max_new_tokens=2)

@@ -11,6 +11,7 @@ from transformers import AttentionInterface
 from prolong.model.attention import (
     BACKENDS,
     BackendUnavailableError,
+    attention_name,
     available_backends,
     cu_seqlens_from_position_ids,
     document_attention,
@@ -18,7 +19,7 @@ from prolong.model.attention import (
     resolve_backend,
 )
 
-DOC_BACKENDS = [b for b in available_backends() if b != "cross_document"]
+DOC_BACKENDS = [b for b in available_backends() if b != "causal"]
 
 
 def _reference(q_THD, k_THD, v_THD, doc_lens, scale, window=None):
@@ -64,9 +65,9 @@ def test_document_attention_matches_reference_outputs_and_grads(backend, kv_head
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_cross_document_backend_ignores_boundaries():
+def test_causal_backend_ignores_boundaries():
     q, k, v, cu = _qkv([3, 4])
-    out = document_attention(q, k, v, cu, 4, 0.5, backend="cross_document")
+    out = document_attention(q, k, v, cu, 4, 0.5, backend="causal")
     ref = _reference(q, k, v, [7], 0.5)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
 
@@ -77,10 +78,10 @@ def test_cu_seqlens_from_position_ids():
     assert cu_seqlens_from_position_ids(torch.tensor([[3, 4, 0]])).tolist() == [0, 2, 3]
 
 
-def test_auto_is_sdpa_per_doc_on_cpu_and_never_cross_document():
+def test_auto_is_sdpa_per_doc_on_cpu_and_never_causal():
     assert resolve_backend("auto", "cpu") == "sdpa_per_doc"
     assert resolve_backend("auto", "cpu", torch.bfloat16) == "sdpa_per_doc"
-    assert "sdpa_per_doc" in available_backends("cpu") and "cross_document" in available_backends("cpu")
+    assert "sdpa_per_doc" in available_backends("cpu") and "causal" in available_backends("cpu")
     assert set(available_backends("cpu")) <= set(BACKENDS)
 
 
@@ -98,6 +99,8 @@ def test_forcing_an_unavailable_backend_is_a_clear_error(backend):
 def test_unknown_backend_and_shape_errors():
     with pytest.raises(ValueError, match="unknown attention backend 'fast'"):
         resolve_backend("fast", "cpu")
+    with pytest.raises(ValueError, match="cross_document is a batch mode.*'causal'"):
+        resolve_backend("cross_document", "cpu")
     q, k, v, cu = _qkv([2, 2])
     with pytest.raises(ValueError, match="cu_seqlens covers 4 tokens but the query has 3"):
         document_attention(q[:3], k[:3], v[:3], cu, 2, 1.0, backend="sdpa_per_doc")
@@ -107,10 +110,52 @@ def test_unknown_backend_and_shape_errors():
 
 def test_register_returns_names_known_to_transformers():
     assert register_attention() == "prolong"
-    assert register_attention("sdpa_per_doc") == "prolong_sdpa_per_doc"
-    assert register_attention("cross_document") == "prolong_cross_document"
-    for name in ("prolong", "prolong_sdpa_per_doc", "prolong_cross_document"):
+    assert register_attention("sdpa_per_doc") == "prolong_per_doc"
+    assert register_attention("causal") == "prolong_causal"
+    for name in ("prolong", "prolong_per_doc", "prolong_causal"):
         assert name in AttentionInterface()
+    # transformers reads "sdpa"/"flash" in a name as a request for its own kernels (SDPA support checks,
+    # flash-attn imports): no prolong name may contain them, whatever is bound
+    for backend in ("auto", *BACKENDS):
+        for kernel_name, strict in ((None, False), ("ulysses2-pg0", True)):
+            name = attention_name(backend, kernel_name, strict)
+            assert not any(word in name for word in ("sdpa", "flash", "flex", "paged", "eager")), name
+
+
+def test_a_model_without_sdpa_support_takes_the_per_document_kernel():
+    """Regression: gpt-oss declares _supports_sdpa = False; a name containing "sdpa" made transformers
+    refuse prolong's per-document kernel for it."""
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    config = GptOssConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        layer_types=["full_attention"],
+    )
+    model = GptOssForCausalLM(config)
+    model.set_attn_implementation(register_attention("sdpa_per_doc"))
+    assert model.config._attn_implementation == "prolong_per_doc"
+
+
+def test_names_encode_the_bound_kernel():
+    """Two different bindings never share a registry entry; the same binding always gets the same name."""
+
+    def spy(*args, **kwargs):
+        return document_attention(*args, **kwargs)
+
+    a = register_attention("sdpa_per_doc", kernel=spy, kernel_name="ulysses2-pg1", require_boundaries=True)
+    b = register_attention("sdpa_per_doc", kernel=spy, kernel_name="ulysses2-pg2", require_boundaries=True)
+    assert a == "prolong_ulysses2-pg1_per_doc_strict" and a != b
+    assert AttentionInterface()[a] is not AttentionInterface()[b]
+    with pytest.raises(ValueError, match="kernel and kernel_name together"):
+        register_attention("sdpa_per_doc", kernel=spy)
 
 
 def test_generation_with_cache_and_padding_matches_sdpa():
@@ -178,12 +223,14 @@ def test_a_replacement_kernel_can_be_registered():
 
     calls = []
 
-    def spy_kernel(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, scale, backend, sliding_window):
+    def spy_kernel(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, scale, backend, sliding_window, **features):
         calls.append((tuple(q_THD.shape), tuple(k_THD.shape), cu_seqlens.tolist(), max_seqlen, backend))
-        return document_attention(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, scale, backend, sliding_window)
+        return document_attention(
+            q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, scale, backend, sliding_window, **features
+        )
 
-    name = register_attention("sdpa_per_doc", kernel=spy_kernel, name="prolong_spy")
-    assert name == "prolong_spy"
+    name = register_attention("sdpa_per_doc", kernel=spy_kernel, kernel_name="spy")
+    assert name == "prolong_spy_per_doc"
     model = tiny_model("qwen2", 2, attn="sdpa")
     model.set_attn_implementation(name)
     batch = make_packed_batch(torch.arange(10), [4, 6])
@@ -192,3 +239,32 @@ def test_a_replacement_kernel_can_be_registered():
     plain = model(input_ids=batch.input_ids, **attention_kwargs(batch)).logits
     torch.testing.assert_close(spied, plain)
     assert calls == [((10, 4, 16), (10, 2, 16), [0, 4, 10], 6, "sdpa_per_doc")] * 2  # one per layer
+
+
+def test_strict_adapter_refuses_calls_without_boundaries():
+    """require_boundaries (Ulysses): position ids alone are never turned into boundaries."""
+    name = register_attention(
+        "sdpa_per_doc", kernel=document_attention, kernel_name="doc", require_boundaries=True
+    )
+    model = tiny_model("qwen2", 2, attn="sdpa")
+    model.set_attn_implementation(name)
+    with pytest.raises(ValueError, match="needs the batch's global document boundaries"):
+        model(
+            input_ids=torch.arange(6)[None], position_ids=torch.tensor([[0, 1, 2, 0, 1, 2]]), use_cache=False
+        )
+
+
+@pytest.mark.parametrize("q_len,kv_len,kv_heads", [(16, 40, 2), (1, 40, 4), (24, 24, 2)])
+def test_dense_path_mask_free_prefill_matches_masked_sdpa(q_len: int, kv_len: int, kv_heads: int) -> None:
+    """Chunked prefill through the adapter (no boundaries, no padding: the mask-free merge of two
+    log-sum-exp halves) equals SDPA with the bottom-right causal mask."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, q_len, 8, generator=g)
+    k, v = torch.randn(2, kv_heads, kv_len, 8, generator=g), torch.randn(2, kv_heads, kv_len, 8, generator=g)
+    mask = torch.ones(q_len, kv_len, dtype=torch.bool).tril(diagonal=kv_len - q_len)
+    expected = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(4 // kv_heads, 1), v.repeat_interleave(4 // kv_heads, 1), attn_mask=mask
+    )
+    attention = AttentionInterface()[register_attention()]
+    out, _ = attention(torch.nn.Module(), q, k, v, None, scaling=None)
+    torch.testing.assert_close(out, expected.transpose(1, 2), rtol=1e-5, atol=1e-5)

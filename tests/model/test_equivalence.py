@@ -12,7 +12,7 @@ from prolong.model.batch import attention_kwargs, make_packed_batch
 from prolong.model.loss import causal_lm_loss
 
 DOC_LENS = [7, 1, 12, 5, 9]
-CPU_BACKENDS = [b for b in available_backends("cpu") if b != "cross_document"]
+CPU_BACKENDS = [b for b in available_backends("cpu") if b != "causal"]
 
 
 def _tokens(n: int, seed: int = 0) -> torch.Tensor:
@@ -86,7 +86,7 @@ def test_sliding_window_model_inside_documents():
 @pytest.mark.parametrize("arch, kv_heads", ARCHS, ids=[a for a, _ in ARCHS])
 def test_cross_document_equals_plain_causal(arch, kv_heads):
     """UltraLong mode: one causal sequence, positions 0..T-1, labels across documents == plain HF."""
-    ours = tiny_model(arch, kv_heads, attn="cross_document")
+    ours = tiny_model(arch, kv_heads, attn="causal")
     ref = tiny_model(arch, kv_heads, attn="sdpa")
     ids = _tokens(sum(DOC_LENS), seed=3)
     batch = make_packed_batch(ids, DOC_LENS, attention="cross_document")

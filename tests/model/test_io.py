@@ -51,7 +51,7 @@ def test_init_with_tokenizer_and_load_with_prolong_attention(tmp_path, tokenizer
     assert model.dtype == torch.bfloat16
     assert model.config.eos_token_id == tokenizer.eos_token_id
     forced = load_model(out, attn_implementation="sdpa_per_doc")
-    assert forced.config._attn_implementation == "prolong_sdpa_per_doc"
+    assert forced.config._attn_implementation == "prolong_per_doc"
 
 
 def test_save_replaces_atomically(tmp_path):
