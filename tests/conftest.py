@@ -23,6 +23,6 @@ def run_torchrun(script: Path, nproc: int, *args: str, timeout: int = 240) -> No
         )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # session: usable by session fixtures that run one launch for many tests
 def torchrun():
     return run_torchrun

@@ -1,6 +1,7 @@
 """Apply parallelism to a model, in one place and in one order:
 
-sequence parallelism -> activation checkpointing per decoder layer -> FSDP2 per decoder layer, then root.
+sequence parallelism -> activation policies per decoder layer (tiled MLP, activation checkpointing,
+checkpoint offload) -> FSDP2 per decoder layer, then root.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from prolong.errors import UserError
 from prolong.parallel.mesh import ParallelMesh, validate_sequence_parallel
+from prolong.parallel.offload import ActivationOffloader
+from prolong.parallel.tiled_mlp import apply_tiled_mlp
 from prolong.parallel.ulysses import register_ulysses_attention
 
 
@@ -33,18 +37,70 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+def apply_activation_policies(
+    model: nn.Module,
+    device: torch.device,
+    activation_checkpointing: bool = True,
+    offload_activations: bool = False,
+    tiled_mlp: bool = False,
+    mlp_tile_tokens: int | None = None,
+) -> ActivationOffloader | None:
+    """The activation-policy slot of `parallelize` (before FSDP2), on an HF model or a wrapper of one.
+
+    - tiled MLP: each decoder layer's MLP runs over sequence tiles, forward and backward
+      (`mlp_tile_tokens` per tile, None: chosen from the length and hidden size per call).
+    - activation checkpointing: each decoder layer recomputes its forward in backward.
+    - offload: the input each checkpointed layer keeps is held in host memory until its backward
+      (needs checkpointing). Returns the offloader (its stats say how many host bytes it holds).
+    """
+    hf_model = hf_model_of(model)
+    if offload_activations and not activation_checkpointing:
+        raise UserError(
+            "offload_activations moves the inputs that activation checkpointing keeps to host memory; "
+            "set activation_checkpointing: true in the stage, or offload_activations: false"
+        )
+    if tiled_mlp:
+        apply_tiled_mlp(decoder_layers(hf_model), mlp_tile_tokens)
+    if not activation_checkpointing:
+        return None
+    # non-reentrant: works with FSDP2's hooks and with inputs that do not require grad
+    hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if not offload_activations:
+        return None
+    offloader = ActivationOffloader(device)
+    for layer in decoder_layers(hf_model):
+        # GradientCheckpointingLayer runs its forward through `_gradient_checkpointing_func` (transformers
+        # 5.x; set by activation_checkpointing_enable above); tests/parallel/test_offload.py fails if a
+        # later transformers stops calling it
+        layer._gradient_checkpointing_func = offloader.checkpoint
+    return offloader
+
+
+def activation_offloader(model: nn.Module) -> ActivationOffloader | None:
+    """The offloader `apply_activation_policies` installed in `model`'s decoder layers, if any."""
+    for layer in decoder_layers(hf_model_of(model)):
+        owner = getattr(getattr(layer, "_gradient_checkpointing_func", None), "__self__", None)
+        if isinstance(owner, ActivationOffloader):
+            return owner
+    return None
+
+
 def parallelize(
     model: nn.Module,
     mesh: ParallelMesh,
     attention_backend: str,
     activation_checkpointing: bool = True,
     param_dtype: torch.dtype | None = None,
+    offload_activations: bool = False,
+    tiled_mlp: bool = False,
+    mlp_tile_tokens: int | None = None,
 ) -> nn.Module:
     """Make `model` (an HF model or a loss wrapper around one) ready to train on `mesh`; returns it.
 
     - sequence parallelism (mesh.sp_size > 1): the Ulysses attention wrapper becomes the model's
       attention implementation; batches must then go through `sp_shard_batch`.
-    - activation checkpointing: each decoder layer recomputes its forward in backward.
+    - activation policies (`apply_activation_policies`): tiled MLP, activation checkpointing (each
+      decoder layer recomputes its forward in backward), offload of the checkpointed inputs.
     - FSDP2: `fully_shard` on each decoder layer, then on the root, over all ranks. `param_dtype` (bf16
       on GPU) is the compute dtype; sharded parameters, gradient reduction and optimizer state stay in
       the parameters' own dtype (float32 master weights).
@@ -59,9 +115,9 @@ def parallelize(
     )
     if mesh.sp_size > 1:
         hf_model.set_attn_implementation(register_ulysses_attention(mesh.sp_group, attention_backend))
-    if activation_checkpointing:
-        # non-reentrant: works with FSDP2's hooks and with inputs that do not require grad
-        hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    apply_activation_policies(
+        hf_model, mesh.device, activation_checkpointing, offload_activations, tiled_mlp, mlp_tile_tokens
+    )
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for layer in decoder_layers(hf_model):
         fully_shard(layer, mesh=mesh.fsdp_mesh, mp_policy=policy)
