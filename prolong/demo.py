@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from prolong.config import Recipe, format_count, load_recipe, save_recipe
+from prolong.publish import write_json
 
 DEFAULT_MINUTES = 10.0
 console = Console()
@@ -73,7 +74,7 @@ def _perplexity(models: dict[str, Path], recipe: Recipe, seq_len: int, out: Path
         model, tokenizer = load_for_generation(str(path), "float32", "cpu")
         result = perplexity_by_position(model, tokenizer, read_texts(_long_texts(recipe)), seq_len=seq_len,
                                         last_n=seq_len - 1, num_buckets=16, max_docs=4)
-        cached.write_text(json.dumps(result, indent=1))
+        write_json(cached, result, indent=1)  # its existence marks the work done
         results[name] = result
     return results
 
@@ -108,7 +109,7 @@ def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: s
         summary_path = corpus / "summary.json"
         if not summary_path.exists():
             summary = build_local_corpus(corpus, max_bytes=corpus_mb << 20)
-            summary_path.write_text(json.dumps(summary, indent=1))
+            write_json(summary_path, summary, indent=1)
         for part, numbers in json.loads(summary_path.read_text()).items():
             console.print(f"  {part:<6} {numbers['rows']:>7,} rows  {numbers['bytes'] / 2**20:6.1f} MiB")
 

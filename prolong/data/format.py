@@ -9,21 +9,22 @@ A shard is one directory holding ready-to-train sequences of one domain and one 
     loss_mask.bin     uint8, only for SFT: 1 where the token is trained on (assistant tokens)
     meta.json         format version, tokenizer identity, lengths, counts
 
-It is written into a temporary sibling directory and renamed into place at the end, so a build that
-is interrupted never leaves a directory that looks complete (`is_complete` checks for meta.json).
+It is written into a temporary sibling directory and renamed into place at the end (`prolong.publish`),
+so a build that is interrupted never leaves a directory that looks complete (`is_complete` checks for
+meta.json).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from prolong.publish import staged_dir
 
 FORMAT_VERSION = 1
 TOKEN_DTYPE = np.uint32
@@ -54,18 +55,6 @@ class PackedSequence:
         return int(np.square(self.doc_lens.astype(np.int64)).sum())
 
 
-def fresh_tmp_dir(path: str | Path) -> Path:
-    """An empty temporary sibling of `path` to build into, after removing those of dead builds."""
-    path = Path(path)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()) or int(pid) == os.getpid():
-            shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted build
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.mkdir(parents=True)
-    return tmp
-
-
 def is_complete(path: str | Path) -> bool:
     """True when the shard directory was fully written (meta.json is renamed in last)."""
     return (Path(path) / "meta.json").is_file()
@@ -76,7 +65,8 @@ class ShardWriter:
 
     def __init__(self, path: str | Path, with_loss_mask: bool = False) -> None:
         self.path = Path(path)
-        self.tmp = fresh_tmp_dir(self.path)
+        self._staged = staged_dir(self.path)
+        self.tmp = self._staged.path
         # held open across add() calls; close() or abort() closes them
         self._tokens = open(self.tmp / "tokens.bin", "wb")  # noqa: SIM115
         self._mask = open(self.tmp / "loss_mask.bin", "wb") if with_loss_mask else None  # noqa: SIM115
@@ -123,10 +113,7 @@ class ShardWriter:
             "has_loss_mask": self._mask is not None,
         }
         (self.tmp / "meta.json").write_text(json.dumps(full, indent=2, sort_keys=True), encoding="utf-8")
-        if self.path.exists():
-            shutil.rmtree(self.path)  # an older incomplete or stale shard at the target
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.tmp, self.path)
+        self._staged.publish()  # replaces an older shard at the target
         return full
 
     def abort(self) -> None:
@@ -134,7 +121,7 @@ class ShardWriter:
         self._tokens.close()
         if self._mask is not None:
             self._mask.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._staged.discard()
 
 
 class ShardReader:

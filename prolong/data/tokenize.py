@@ -17,7 +17,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import shutil
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from prolong.data.format import TOKEN_DTYPE, fresh_tmp_dir
+from prolong.data.format import TOKEN_DTYPE
+from prolong.publish import staged_dir
 
 BATCH_CHARS = 1 << 20  # text per task: large enough to amortise IPC, small enough to keep memory flat
 BATCH_DOCS = 2048
@@ -181,7 +181,8 @@ def tokenize_documents(
         small = stream.progress.total < PARALLEL_MIN_BYTES
         workers = 1 if small else default_workers()
     out = Path(out_dir)
-    tmp = fresh_tmp_dir(out)
+    staged = staged_dir(out)  # left to the next writer if this one dies (prolong.publish)
+    tmp = staged.path
     offsets = [np.zeros(1, dtype=np.int64)]
     total = 0
     columns = (
@@ -218,9 +219,7 @@ def tokenize_documents(
         "eos_id": special.eos,
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+    staged.publish()
     return meta
 
 

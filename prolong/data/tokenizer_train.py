@@ -7,6 +7,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from prolong.publish import staged_dir
+
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 SPECIAL_TOKENS = [BOS, EOS, PAD, *ROLE_TOKENS]
@@ -62,6 +64,6 @@ def train_tokenizer(
         name_or_path=name,
     )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    wrapped.save_pretrained(out)
+    with staged_dir(out) as staged:  # resolve_tokenizer trusts a tokenizer.json that exists
+        wrapped.save_pretrained(staged.path)
     return out

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from prolong.publish import write_json
+
 
 def eval(
     model_dir: str,
@@ -54,7 +56,7 @@ def eval(
                             tasks_dir=tasks_dir, limit=short_limit)
         out = Path(out_dir or Path(model_dir) / "eval")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "short.json").write_text(json.dumps(results, indent=1))
+        write_json(out / "short.json", results, indent=1)
         for task, metrics in results.items():
             console.print(task, {k: round(v, 4) for k, v in metrics.items()}, highlight=False)
         return

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prolong.eval.tasks import CATEGORIES, TASKS
+from prolong.publish import atomic_file, write_json, write_text
 
 # HELMET's report categories, in its order; "ruler" and "synthetic" are ours for the other RULER tasks.
 REPORT_CATEGORIES = ["recall", "rag", "rerank", "icl", "qa", "summ", "ruler"]
@@ -29,10 +30,7 @@ def write_result(path: Path, args: dict[str, Any], task: str, length: int, rows:
     result = {"task": task, "length": length, "category": TASKS[task].category,
               "main_metric": TASKS[task].main_metric, "args": args, "metrics": average_metrics(rows),
               "num_examples": len(rows), "rows": rows}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False))
-    tmp.replace(path)
+    write_json(path, result, indent=1, ensure_ascii=False)
     return result
 
 
@@ -81,9 +79,9 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> None:
     md += ["| " + " | ".join(row) + " |" for row in lines]
     note = ("Scores x100. qa/summ use ROUGE-L F1 (rouge-score, stemmed) unless a judge is configured "
             "(judge_* metrics in the per-task JSON).")
-    (out_dir / "summary.md").write_text("\n".join(md) + "\n\n" + note + "\n")
-    with (out_dir / "summary.csv").open("w", newline="") as f:
+    write_text(out_dir / "summary.md", "\n".join(md) + "\n\n" + note + "\n")
+    with atomic_file(out_dir / "summary.csv", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(lines)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out_dir / "summary.json", summary, indent=1)

@@ -7,8 +7,6 @@ so the tiny path exercises exactly the code that loads a real Llama-3 checkpoint
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from transformers import (
 from prolong.hf_dirs import require_model_dir, require_tokenizer_dir
 from prolong.model.attention import BACKENDS, register_attention
 from prolong.model.rope import YarnScaling, apply_rope_config
+from prolong.publish import staged_dir
 
 ARCHITECTURES: dict[str, type[PretrainedConfig]] = {
     "llama": LlamaConfig,
@@ -124,25 +123,13 @@ def save_model(
     half-written checkpoint under `out_dir`; an existing `out_dir` is replaced.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
+    with staged_dir(out) as staged:  # prolong.publish: renamed into place only when complete
+        model.save_pretrained(staged.path)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        pickled = [p.name for p in tmp.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
+            tokenizer.save_pretrained(staged.path)
+        pickled = [p.name for p in staged.path.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
         if pickled:
             raise RuntimeError(f"refusing to publish pickled weights {pickled}; expected safetensors only")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

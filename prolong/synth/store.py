@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prolong.errors import UserError
+from prolong.publish import atomic_file
 
 JOURNAL_VERSION = 1
 
@@ -89,12 +90,8 @@ class SynthStore:
         else:
             changed = True
         if changed:  # rewrite without the torn/unrecorded lines, atomically
-            tmp = self.output.with_name(f".{self.output.name}.tmp-{os.getpid()}")
-            with open(tmp, "wb") as file:
+            with atomic_file(self.output, "wb") as file:
                 file.writelines(_encode(e) for e in kept)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, self.output)
 
     def commit(self, item: str, examples: list[dict[str, Any]], status: str, **info: Any) -> None:
         """Record a finished item: its examples first, then its journal line (each synced)."""

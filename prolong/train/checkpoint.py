@@ -1,9 +1,9 @@
 """Distributed checkpoints: model, optimizer, step (= data position and LR schedule), RNG states.
 
-A checkpoint is written into `step_NNNNNNNN.tmp/` by every rank (torch.distributed.checkpoint, each
-rank its own shards) and renamed to `step_NNNNNNNN/` by rank 0 once all ranks are done, so a run
-killed while writing leaves only a `.tmp` directory that is ignored (and removed by the next write);
-the previous checkpoint stays usable. Only the last `keep` checkpoints are kept.
+A checkpoint is written by every rank (torch.distributed.checkpoint, each rank its own shards) into a
+temporary sibling of `step_NNNNNNNN/` that rank 0 made (prolong.publish), and published under that name
+by rank 0 once all ranks are done, so a run killed while writing leaves only a hidden temporary that is
+ignored (and removed by the next write); the previous checkpoint stays usable. Only the last `keep` checkpoints are kept.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from prolong.parallel.mesh import ParallelMesh
+from prolong.publish import staged_dir
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"step_(\d{8})")
@@ -69,27 +71,31 @@ def save_checkpoint(
 ) -> Path:
     """Write the checkpoint after `step` optimizer steps atomically; returns its directory."""
     final = root / checkpoint_name(step)
-    tmp = root / f"{final.name}.tmp"
+    staged = staged_dir(final) if mesh.is_main else None
     if mesh.is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)  # left by a run killed while writing
-        tmp.mkdir(parents=True)
-    mesh.barrier()
+        remove_legacy_partials(root)
+    shared = [str(staged.path) if staged else None]
+    dist.broadcast_object_list(shared, src=0)  # every rank writes its shards into rank 0's temporary
+    tmp = Path(shared[0])
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
     # each rank its own RNG state (plain tensors and ints: loadable with weights_only=True)
     torch.save(_rng_state(), tmp / f"rng_rank{mesh.rank}.pt")
     mesh.barrier()
-    if mesh.is_main:
+    if staged is not None:
         # the state file is written last: a directory without it is not a checkpoint
         (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        staged.publish()
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old)
     mesh.barrier()
     return final
+
+
+def remove_legacy_partials(root: Path) -> None:
+    """Drop `step_N.tmp` directories that writers before prolong.publish left when killed."""
+    for partial in root.glob("step_*.tmp"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def load_checkpoint(
