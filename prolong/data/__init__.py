@@ -1,6 +1,7 @@
 """Data pipeline: raw corpora -> tokenized documents -> packed, mixed, ready-to-train shards.
 
 sources.py        streaming readers (jsonl/parquet/hf_disk/text_dir/code_repos), repository documents
+text_files.py     the one reader of JSONL and text files (.gz/.zst): BOM, UTF-8 and JSON errors located
 chat.py           chat-template rendering with an assistant-only loss mask
 tokenize.py       parallel, deterministic tokenization into a flat token file; tokenizer identity
 pack.py           long chunks, length subsets, short packing with carry-over, SFT packing, length sampling

@@ -65,7 +65,7 @@ def resolve_tokenizer(recipe: Recipe, show_progress: bool = True) -> str:
             train_tokenizer(recipe_texts(recipe), out, spec.train_vocab_size, name=f"{recipe.name}-bpe")
         return str(out)
     if recipe.model.path is None:
-        raise ValueError("recipe has neither tokenizer.path, tokenizer.train_vocab_size nor model.path")
+        raise UserError("recipe has neither tokenizer.path, tokenizer.train_vocab_size nor model.path")
     return recipe.model.path
 
 
