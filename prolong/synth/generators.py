@@ -79,16 +79,8 @@ class EndpointGenerator:
     """An OpenAI-compatible server through prolong's one chat client (retries, backoff, timeouts):
     one request per prompt, temperature 0."""
 
-    def __init__(
-        self,
-        endpoint: str,
-        model: str,
-        api_key: str | None = None,
-        max_retries: int = 5,
-        timeout_s: float = 600.0,
-        backoff_s: float = 1.0,
-    ) -> None:
-        self.client = ChatClient(endpoint, model, api_key, max_retries, timeout_s, backoff_s)
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
 
     @property
     def retries(self) -> int:
@@ -109,12 +101,8 @@ def make_generator(spec: SynthSpec, backoff_s: float = 1.0) -> LocalGenerator | 
             api_key = os.environ.get(spec.api_key_env)
             if not api_key:
                 raise UserError(f"synth.api_key_env: environment variable {spec.api_key_env} is not set")
-        return EndpointGenerator(
-            spec.endpoint,
-            spec.endpoint_model or "",
-            api_key,
-            spec.max_retries,
-            spec.request_timeout_s,
-            backoff_s,
+        client = ChatClient(
+            spec.endpoint, spec.endpoint_model or "", api_key, spec.max_retries, spec.request_timeout_s, backoff_s
         )
+        return EndpointGenerator(client)
     return LocalGenerator(spec.generator or "")

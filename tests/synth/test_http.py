@@ -24,7 +24,7 @@ def _rows(path: str) -> list[dict]:
 
 
 def test_round_trip_with_one_error_and_a_retry(chat_server) -> None:
-    generator = EndpointGenerator(chat_server.url, "tiny", max_retries=2, backoff_s=0.01)
+    generator = EndpointGenerator(ChatClient(chat_server.url, "tiny", max_retries=2, backoff_s=0.01))
     chat_server.fail_next = 1
     prompt = "Summarize.\n***\nalpha beta gamma"
     assert generator.generate([prompt], 16) == ["Summary: alpha beta gamma"]
@@ -32,12 +32,12 @@ def test_round_trip_with_one_error_and_a_retry(chat_server) -> None:
 
 
 def test_server_down_is_reported_after_the_retries(chat_server) -> None:
-    generator = EndpointGenerator(chat_server.url, "tiny", max_retries=2, backoff_s=0.01)
+    generator = EndpointGenerator(ChatClient(chat_server.url, "tiny", max_retries=2, backoff_s=0.01))
     chat_server.fail_next = 10
     with pytest.raises(ChatEndpointError, match=r"failed 3 times \(last: HTTP 500.*internal error \(canned\)"):
         generator.generate(["x"], 4)
     assert chat_server.failures == 3
-    wrong_model = EndpointGenerator(chat_server.url, "other", max_retries=5, backoff_s=0.01)
+    wrong_model = EndpointGenerator(ChatClient(chat_server.url, "other", max_retries=5, backoff_s=0.01))
     with pytest.raises(ChatEndpointError, match=r"request for model 'other' \(HTTP 404.*not retried"):
         wrong_model.generate(["x"], 4)
 
