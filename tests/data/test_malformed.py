@@ -531,3 +531,60 @@ def test_recipe_validate_checks_model_and_tokenizer_directories(
     assert status == 2 and "holds no *.safetensors weights" in out
     capsys.readouterr()
     assert main(["recipe", "validate", "--no-check-paths", str(path)]) == 0
+
+
+# ------------------------------------------------------------------------ every text input, one reader
+def _tokenizer_train(path: Path) -> None:
+    from prolong.data.commands import train_tokenizer
+
+    train_tokenizer(str(path.parent / "tok"), str(path), 300)
+
+
+def _perplexity_texts(path: Path) -> None:
+    from prolong.eval.perplexity import read_texts
+
+    list(read_texts(path))
+
+
+def _helmet_rows(path: Path) -> None:
+    from prolong.eval.helmet_files import read_jsonl
+
+    read_jsonl(path, "icl")
+
+
+def _essay_words(path: Path) -> None:
+    from prolong.eval.words import essay_words
+
+    essay_words(str(path))
+
+
+@pytest.mark.parametrize("reader", [_tokenizer_train, _perplexity_texts, _helmet_rows, _essay_words])
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (
+            jsonl_bytes(GOOD) + b"{oops\n",
+            r"in\.jsonl:2: malformed JSON",
+        ),  # tokenizer training used to skip it
+        (
+            jsonl_bytes(GOOD) + b'{"text": "\xc3("}\n',
+            r"in\.jsonl:2: invalid UTF-8 \(byte 0xc3 at column 11\)",
+        ),
+    ],
+)
+def test_every_text_input_reports_bad_lines_the_same_way(
+    tmp_path: Path, reader, data: bytes, error: str
+) -> None:
+    path = write(tmp_path / "in.jsonl", data)
+    with pytest.raises(UserError, match=error):
+        reader(path)
+
+
+def test_build_with_a_missing_tokenizer_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    recipe = write_recipe(
+        tmp_path, tmp_path / "no-tokenizer", jsonl_source("a.jsonl", jsonl_bytes(GOOD))(tmp_path), "short", 64
+    )
+    status, err = build(recipe, capsys)
+    assert status == 2 and "no-tokenizer is not a tokenizer directory: it does not exist" in " ".join(
+        err.split()
+    )
