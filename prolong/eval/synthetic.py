@@ -8,9 +8,10 @@ not depend on the size), which makes the token count monotone in the size and th
 
 from __future__ import annotations
 
+import math
 import random
+import re
 import string
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,6 @@ from prolong.eval import protocol as P
 from prolong.eval.words import essay_words, number_value, uuid4, word_key, word_list
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-ESSAY_DEPTHS = [round(i / 39, 4) for i in range(40)]  # RULER: 40 evenly spaced depths
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,21 @@ def _place(items: list[str], inserts: list[tuple[float, str]]) -> list[str]:
 
 # ---------------------------------------------------------------- JSON KV (HELMET)
 
+# HELMET's data files test_k{N}_dep6.jsonl: pairs per length (scripts/generate_configs.py). Other lengths are
+# filled by tokens instead.
+JSON_KV_PAIRS = {4096: 50, 8192: 105, 16384: 220, 32768: 440, 65536: 900, 131072: 1800}
+
+
+def json_kv_example(example_id: str, pairs: list[tuple[str, str]], gold: int, demo_idx: list[int],
+                    meta: dict[str, Any] | None = None) -> P.Example:
+    """A JSON KV prompt in HELMET's format: the object as context, two `Key:/Corresponding value:` demos."""
+    body = ",\n ".join(f'"{k}": "{v}"' for k, v in pairs)
+    context = "JSON data:\n{" + body + "}"
+    demos = "\n\n".join(f"Key: {pairs[j][0]}\nCorresponding value: {pairs[j][1]}" for j in demo_idx)
+    demos += "\n\n" if demo_idx else ""
+    template = P.fill(P.JSON_KV_TEMPLATE, demos=demos, question=pairs[gold][0])
+    return P.Example(example_id, template, context, P.JSON_KV_PREFIX, [pairs[gold][1]], dict(meta or {}))
+
 
 def json_kv(cfg: SynthConfig, num_examples: int) -> list[P.Example]:
     """HELMET JSON KV: retrieve the value of one UUID key from a JSON object of UUID pairs."""
@@ -120,13 +135,11 @@ def json_kv(cfg: SynthConfig, num_examples: int) -> list[P.Example]:
             others = [j for j in range(n) if j != gold]
             demo_idx = sorted({others[int(p * len(others))] for p in picks})
             demo_idx = demo_idx if len(demo_idx) == 2 else others[:2]
-            body = ",\n ".join(f'"{k}": "{v}"' for k, v in kv)
-            context = "JSON data:\n{" + body + "}"
-            demos = "".join(f"Key: {kv[j][0]}\nCorresponding value: {kv[j][1]}\n\n" for j in demo_idx)
-            template = P.fill(P.JSON_KV_TEMPLATE, demos=demos, question=kv[gold][0])
-            return P.Example(f"json_kv-{i}", template, context, P.JSON_KV_PREFIX, [kv[gold][1]],
-                             {"depth": depth, "num_pairs": n})
+            return json_kv_example(f"json_kv-{i}", kv, gold, demo_idx, {"depth": depth, "num_pairs": n})
 
+        if cfg.length in JSON_KV_PAIRS:  # HELMET's count; a prompt over the budget is cut like HELMET's
+            examples.append(build(JSON_KV_PAIRS[cfg.length]))
+            continue
         n, example = fit(build, cfg, hint, lo=3)
         hint = n
         # A UUID pair is tens of tokens, coarser than the 1% tolerance at 4K: fill the gap with the start
@@ -158,10 +171,14 @@ def _fill_with_prefix(cfg: SynthConfig, fitted: P.Example, bigger: P.Example) ->
 
 # ---------------------------------------------------------------- RULER needle in a haystack
 
+# RULER's DEPTHS: np.round(np.linspace(0, 100, 40)) as integer percents.
+RULER_DEPTHS = [round(100 * i / 39) for i in range(40)]
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
 
 @dataclass(frozen=True)
 class NiahSpec:
-    """One RULER NIAH variant."""
+    """One RULER NIAH variant (RULER's synthetic.yaml)."""
 
     haystack: str  # noise | essay | needle
     key: str = "words"  # words | uuids
@@ -184,25 +201,44 @@ NIAH_SPECS: dict[str, NiahSpec] = {
 
 
 def niah_templates(spec: NiahSpec) -> tuple[str, str, str]:
-    """(template, answer prefix, type word); RULER's singular rewrite when one value is asked."""
-    template, prefix, kind = P.NIAH_TEMPLATE, P.NIAH_PREFIX, spec.value
+    """(template, answer prefix, type word): HELMET's singular template when one value is asked."""
     if spec.num_queries * spec.num_values == 1:
-        # RULER rewrites the template text (before filling) for a single answer.
-        def singular(text: str) -> str:
-            return text.replace("Some", "A").replace("are all", "is").replace("are", "is")
+        return P.NIAH_SINGLE_TEMPLATE, P.NIAH_SINGLE_PREFIX, spec.value[:-1]  # RULER drops the plural "s"
+    return P.NIAH_TEMPLATE, P.NIAH_PREFIX, spec.value
 
-        template, prefix, kind = singular(template), singular(prefix), kind[:-1]
-    return template, prefix, kind
+
+def niah_example(example_id: str, task: str, context: str, query: str, answers: list[str],
+                 meta: dict[str, Any] | None = None) -> P.Example:
+    """A NIAH prompt from its parts (HELMET's load_ruler rendering of a RULER row)."""
+    template, prefix, kind = niah_templates(NIAH_SPECS[task])
+    return P.Example(example_id, P.fill(template, type=kind, query=query), context,
+                     P.fill(prefix, type=kind, query=query), list(answers), dict(meta or {}))
 
 
 def _needle(kind: str, key: str, value: str) -> str:
     return f"One of the special magic {kind} for {key} is: {value}."
 
 
+def split_sentences(text: str) -> list[str]:
+    """Sentences of prose: a split after . ! ? and whitespace (RULER uses nltk's punkt model instead)."""
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]
+
+
+def essay_with_needles(sentences: list[str], needles: list[tuple[float, str]]) -> str:
+    """RULER's essay layout: needles between sentences at int(len * depth), joined by single spaces."""
+    placed = sorted(((int(len(sentences) * d), text) for d, text in needles), key=lambda x: x[0])
+    positions = [0] + [p for p, _ in placed] + [len(sentences)]
+    parts: list[str] = []
+    for j in range(1, len(positions)):
+        parts.append(" ".join(sentences[positions[j - 1]:positions[j]]))
+        if j - 1 < len(placed):
+            parts.append(placed[j - 1][1])
+    return " ".join(parts)
+
+
 def niah(task: str, cfg: SynthConfig, num_examples: int) -> list[P.Example]:
     """RULER NIAH variants (single, multikey, multivalue, multiquery) over noise/essay/needle haystacks."""
     spec = NIAH_SPECS[task]
-    template, prefix, kind = niah_templates(spec)
     words = essay_words(cfg.essay_path) if spec.haystack == "essay" else ()
     draw_key = uuid4 if spec.key == "uuids" else word_key
     draw_value = uuid4 if spec.value == "uuids" else number_value
@@ -215,34 +251,32 @@ def niah(task: str, cfg: SynthConfig, num_examples: int) -> list[P.Example]:
             keys.append(k) if k not in keys else None
         values = [[draw_value(rng) for _ in range(spec.num_values)] for _ in keys]
         queried = rng.sample(range(spec.num_keys), spec.num_queries)
-        # The first queried needle sits at the controlled depth; the others at random essay/line depths.
         needles = [(k, _needle(spec.value, keys[k], v)) for k in range(spec.num_keys) for v in values[k]]
         rng.shuffle(needles)
+        # The first queried needle sits at the controlled depth; the others at random depths (RULER: all
+        # random; essay depths drawn without replacement from its 40 percents).
         first = next(j for j, (k, _) in enumerate(needles) if k == queried[0])
-        pool = ESSAY_DEPTHS if spec.haystack == "essay" else None
-        depths = [depth if j == first else (rng.choice(pool) if pool else rng.random()) for j in range(len(needles))]
-        offset = rng.randrange(len(words)) if words else 0
+        pool = [d / 100 for d in rng.sample(RULER_DEPTHS, len(needles))]
+        depths = [depth if j == first else (pool[j] if spec.haystack == "essay" else rng.random())
+                  for j in range(len(needles))]
         distractors = Stream(rng, lambda r: _needle(spec.value, draw_key(r), draw_value(r)))
         query_keys = [keys[k] for k in queried]
         query = query_keys[0] if len(query_keys) == 1 else ", ".join(query_keys[:-1]) + ", and " + query_keys[-1]
         answers = [v for k in queried for v in values[k]]
-        filled = P.fill(template, type=kind, query=query)
-        filled_prefix = P.fill(prefix, type=kind, query=query)
 
-        def build(n: int, extra: int = 0, depths: list[float] = depths, offset: int = offset, distractors: Stream = distractors,
-                  needles: list = needles, filled: str = filled, filled_prefix: str = filled_prefix,
-                  answers: list = answers, depth: float = depth, i: int = i) -> P.Example:
+        def build(n: int, extra: int = 0, depths: list[float] = depths, distractors: Stream = distractors,
+                  needles: list = needles, query: str = query, answers: list = answers, depth: float = depth,
+                  i: int = i) -> P.Example:
             inserts = list(zip(depths, [text for _, text in needles]))
             if spec.haystack == "noise":
                 context = "\n".join(_place([NOISE] * n, inserts))
             elif spec.haystack == "needle":
                 # `extra` distractors go after the placed ones so a cut tail never moves a needle.
                 context = "\n".join(_place(distractors.take(n), inserts) + distractors.take(n + extra)[n:])
-            else:
-                chunk = [words[(offset + j) % len(words)] for j in range(n)]
-                context = " ".join(_place(chunk, inserts))
-            return P.Example(f"{task}-{i}", filled, context, filled_prefix, list(answers),
-                             {"depth": depth, "haystack_size": n})
+            else:  # the essay from its start, repeated when too short (RULER)
+                text = " ".join(words[j % len(words)] for j in range(n))
+                context = essay_with_needles(split_sentences(text), inserts)
+            return niah_example(f"{task}-{i}", task, context, query, answers, {"depth": depth, "haystack_size": n})
 
         n, example = fit(build, cfg, hint)
         hint = n
@@ -254,19 +288,81 @@ def niah(task: str, cfg: SynthConfig, num_examples: int) -> list[P.Example]:
 
 # ---------------------------------------------------------------- variable tracking
 
+# RULER's own task template and answer prefix (data/synthetic/constants.py), used for its worked examples.
+RULER_VT_TEMPLATE = (
+    "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
+    "Question: Find all variables that are assigned the value {query} in the text above."
+)
+RULER_VT_PREFIX = (
+    " Answer: According to the chain(s) of variable assignment in the text above, "
+    "{num_v} variables are assigned the value {query}, they are: "
+)
+RULER_CWE_TEMPLATE = (
+    "Below is a numbered list of words. In these words, some appear more often than others. "
+    "Memorize the ones that appear most often.\n{context}\n"
+    "Question: What are the 10 most common words in the above list?"
+)
+RULER_CWE_PREFIX = " Answer: The top 10 words that appear most often in the list are:"
+VT_EXAMPLE_TOKENS = 500  # RULER sizes its worked example to 500 tokens
 
-def _vt_chain(rng: random.Random, num_hops: int) -> tuple[list[str], list[str], str]:
+
+def _vt_chain(rng: random.Random, num_hops: int, name_length: int = 5) -> tuple[list[str], list[str], str]:
     names: list[str] = []
     while len(names) < num_hops + 1:
-        name = "".join(rng.choices(string.ascii_uppercase, k=5))
+        name = "".join(rng.choices(string.ascii_uppercase, k=name_length))
         names.append(name) if name not in names else None
     value = str(rng.randint(10000, 99999))
-    lines = [f"VAR {names[0]} = {value}"] + [f"VAR {names[j + 1]} = VAR {names[j]}" for j in range(num_hops)]
+    # RULER's hop lines end with a space: "VAR B = VAR A ".
+    lines = [f"VAR {names[0]} = {value}"] + [f"VAR {names[j + 1]} = VAR {names[j]} " for j in range(num_hops)]
     return names, lines, value
 
 
-def _vt_text(lines: list[str], n: int, positions: list[float]) -> str:
-    return "\n".join(_place([NOISE] * n, list(zip(positions, lines))))
+def vt_context(lines: list[str], n: int, positions: list[int]) -> str:
+    """`n` noise sentences with the chain lines inserted in order at sorted `positions` (RULER's layout)."""
+    sentences = [NOISE] * n
+    for j, position in enumerate(sorted(positions)):
+        sentences.insert(position + j, lines[j])
+    return "\n".join(sentences).replace(". \n", ".\n")
+
+
+def vt_example(example_id: str, context: str, value: str, num_v: int, example: str, answers: list[str],
+               meta: dict[str, Any] | None = None) -> P.Example:
+    """A VT prompt from its parts: worked example, HELMET's template and prefix."""
+    template = P.fill(P.VT_TEMPLATE, example=example + "\n\n" if example else "", query=value)
+    prefix = P.fill(P.VT_PREFIX, num_v=str(num_v), query=value)
+    return P.Example(example_id, template, context, prefix, list(answers), dict(meta or {}))
+
+
+def _vt_worked_example(cfg: SynthConfig, rng: random.Random, num_hops: int) -> str:
+    """RULER's one-shot example: 3-letter names, noise sized to 500 tokens, answered after its prefix."""
+    names, lines, value = _vt_chain(rng, num_hops, name_length=3)
+    draws = [rng.random() for _ in lines]
+
+    def text(n: int) -> str:
+        positions = rng_positions(draws, n)
+        return (RULER_VT_TEMPLATE.replace("{context}", vt_context(lines, n, positions)).replace("{query}", value)
+                + P.fill(RULER_VT_PREFIX, num_v=str(num_hops + 1), query=value) + " " + " ".join(names))
+
+    lo, hi = 1, 1
+    while len(cfg.tokenizer(text(hi * 2), add_special_tokens=False)["input_ids"]) <= VT_EXAMPLE_TOKENS:
+        hi *= 2
+    hi *= 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if len(cfg.tokenizer(text(mid), add_special_tokens=False)["input_ids"]) \
+            <= VT_EXAMPLE_TOKENS else (lo, mid)
+    return text(lo)
+
+
+def rng_positions(draws: list[float], n: int) -> list[int]:
+    """Distinct insertion indices in [0, n) from uniform draws (RULER: random.sample(range(n), k))."""
+    taken: list[int] = []
+    for d in draws:
+        p = min(int(d * n), n - 1)
+        while p in taken and len(taken) < n:
+            p = (p + 1) % n
+        taken.append(p)
+    return taken
 
 
 def variable_tracking(cfg: SynthConfig, num_examples: int, num_hops: int = 4) -> list[P.Example]:
@@ -274,22 +370,16 @@ def variable_tracking(cfg: SynthConfig, num_examples: int, num_hops: int = 4) ->
     examples, hint = [], 64
     for i in range(num_examples):
         rng, depth = cfg.rng("ruler_vt", i), cfg.depth(i, num_examples)
-        ex_names, ex_lines, ex_value = _vt_chain(rng, num_hops)
-        ex_positions = sorted(rng.random() for _ in ex_lines)
-        example_text = (
-            P.fill(P.VT_TEMPLATE, query=ex_value).replace("{context}", _vt_text(ex_lines, 5, ex_positions))
-            + P.fill(P.VT_PREFIX, num_v=str(num_hops + 1), query=ex_value) + " ".join(ex_names)
-        )
+        worked = _vt_worked_example(cfg, rng, num_hops)
         names, lines, value = _vt_chain(rng, num_hops)
-        # The chain starts at the controlled depth and ends at a random later one, keeping its order.
-        positions = sorted([depth] + [depth + (1 - depth) * rng.random() for _ in lines[1:]])
-        template = example_text + "\n\n" + P.fill(P.VT_TEMPLATE, query=value)
-        prefix = P.fill(P.VT_PREFIX, num_v=str(num_hops + 1), query=value)
+        # The chain starts at the controlled depth and ends at random later lines, keeping its order.
+        draws = [depth] + sorted(depth + (1 - depth) * rng.random() for _ in lines[1:])
 
-        def build(n: int, lines: list = lines, positions: list = positions, template: str = template,
-                  prefix: str = prefix, names: list = names, depth: float = depth, i: int = i) -> P.Example:
-            return P.Example(f"ruler_vt-{i}", template, _vt_text(lines, n, positions), prefix, list(names),
-                             {"depth": depth, "haystack_size": n})
+        def build(n: int, lines: list = lines, draws: list = draws, names: list = names, value: str = value,
+                  worked: str = worked, depth: float = depth, i: int = i) -> P.Example:
+            context = vt_context(lines, n, rng_positions(draws, n)) if n >= len(lines) else "\n".join(lines)
+            return vt_example(f"ruler_vt-{i}", context, value, num_hops + 1, worked, names,
+                              {"depth": depth, "haystack_size": n})
 
         n, example = fit(build, cfg, hint)
         hint = n
@@ -301,65 +391,97 @@ def variable_tracking(cfg: SynthConfig, num_examples: int, num_hops: int = 4) ->
 
 
 def _vocabulary() -> list[str]:
+    """RULER's CWE words: wonderwords' nouns, adjectives and verbs, de-duplicated and sorted."""
     return sorted(set(word_list("noun")) | set(word_list("adjective")) | set(word_list("verb")))
 
 
+def numbered(words: list[str]) -> str:
+    """RULER's numbered list: '1. w 2. w ...' on one line."""
+    return " ".join(f"{j + 1}. {w}" for j, w in enumerate(words))
+
+
+def cwe_example(example_id: str, context: str, example: str, answers: list[str],
+                meta: dict[str, Any] | None = None) -> P.Example:
+    """A CWE prompt from its parts: worked example, HELMET's template and prefix."""
+    template = P.fill(P.CWE_TEMPLATE, example=example + "\n\n" if example else "")
+    return P.Example(example_id, template, context, P.CWE_PREFIX, list(answers), dict(meta or {}))
+
+
 def common_words(cfg: SynthConfig, num_examples: int, num_common: int = 10) -> list[P.Example]:
-    """RULER CWE: a numbered word list where 10 words appear 30 times and the others 3 times."""
+    """RULER CWE: a numbered word list where 10 words appear 30 times and the others 3 (6 and 1 below 4K)."""
     vocab = _vocabulary()
+    short = cfg.length < 4096
+    freq_common, freq_rare = (6, 1) if short else (30, 3)
+    ex_words, ex_common, ex_rare = (20, 3, 1) if short else (40, 10, 3)
     examples, hint = [], 32
     for i in range(num_examples):
         rng = cfg.rng("ruler_cwe", i)
+        ex = rng.sample(vocab, ex_words)
+        ex_list = ex[:num_common] * ex_common + ex[num_common:] * ex_rare
+        rng.shuffle(ex_list)
+        worked = (RULER_CWE_TEMPLATE.replace("{context}", numbered(ex_list)) + RULER_CWE_PREFIX + " "
+                  + numbered(ex[:num_common]))
         words = rng.sample(vocab, len(vocab))
         common, rare = words[:num_common], words[num_common:]
         shuffle_seed = rng.random()
 
-        def build(n: int, freq_common: int, common: list = common, rare: list = rare,
-                  seed: float = shuffle_seed, i: int = i) -> P.Example:
-            items = common * freq_common + rare[:n] * 3
+        def build(n: int, common: list = common, rare: list = rare, seed: float = shuffle_seed,
+                  worked: str = worked, i: int = i) -> P.Example:
+            items = common * freq_common + rare[:n] * freq_rare
             random.Random(seed).shuffle(items)
-            context = "\n".join(f"{j + 1}. {w}" for j, w in enumerate(items))
-            return P.Example(f"ruler_cwe-{i}", P.CWE_TEMPLATE, context, P.CWE_PREFIX, list(common),
-                             {"freq_common": freq_common, "num_rare": n})
+            return cwe_example(f"ruler_cwe-{i}", numbered(items), worked, common,
+                               {"freq_common": freq_common, "num_rare": n})
 
-        # Short lengths cannot hold 10 x 30 copies: lower the common frequency (still above the rare 3).
-        for freq in (30, 20, 10, 6, 4):
-            try:
-                n, example = fit(lambda m, f=freq: build(m, f), cfg, hint, hi=len(rare))
-                break
-            except ValueError:
-                continue
-        else:
-            raise ValueError(f"length {cfg.length} is too short for ruler_cwe")
+        n, example = fit(build, cfg, hint, hi=len(rare))
         hint = max(n, 1)
         examples.append(example)
     return examples
 
 
-def frequent_words(cfg: SynthConfig, num_examples: int, alpha: float = 2.0, vocab_size: int = 800) -> list[P.Example]:
-    """RULER FWE: Zipf-distributed coded words; the top word is hidden as '....', answer = the next three."""
-    examples, hint = [], 256
-    weights = [1 / (rank**alpha) for rank in range(1, vocab_size + 1)]
+def fwe_counts(num_words: int, vocab_size: int, alpha: float = 2.0) -> list[int]:
+    """RULER's deterministic Zipf counts: floor(num_words * k^-alpha / zeta(alpha)) for ranks k = 1..V."""
+    zeta = math.pi ** 2 / 6 if alpha == 2.0 else sum(k ** -alpha for k in range(1, 1_000_000))
+    return [int(num_words * k ** -alpha / zeta) for k in range(1, vocab_size + 1)]
+
+
+def fwe_example(example_id: str, context: str, answers: list[str], meta: dict[str, Any] | None = None) -> P.Example:
+    """An FWE prompt from its parts (HELMET's template and prefix)."""
+    return P.Example(example_id, P.FWE_TEMPLATE, context, P.FWE_PREFIX, list(answers), dict(meta or {}))
+
+
+def frequent_words(cfg: SynthConfig, num_examples: int, word_length: int = 6) -> list[P.Example]:
+    """RULER FWE: 6-letter coded words with Zipf counts; the top word is '...', the answer the next three.
+
+    RULER grows the word count from budget/6 in steps of budget/32 and keeps the last count below the
+    budget; we do the same, so RULER's length distribution (up to one step short of the budget) is kept.
+    """
+    vocab_size = max(cfg.budget // 50, 4)
+    examples = []
     for i in range(num_examples):
         rng = cfg.rng("ruler_fwe", i)
-        coded: list[str] = []
+        coded: set[str] = set()
         while len(coded) < vocab_size:
-            w = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 6)))
-            coded.append(w) if w not in coded else None
-        coded[0] = "...."
-        stream = Stream(rng, lambda r: r.choices(range(vocab_size), weights=weights)[0])
+            coded.add("".join(rng.choices(string.ascii_lowercase, k=word_length)))
+        vocab = sorted(coded)
+        rng.shuffle(vocab)
+        vocab[0] = "..."  # the top-ranked word is noise
+        shuffle_seed = rng.random()
 
-        def build(n: int, stream: Stream = stream, coded: list = coded, i: int = i) -> P.Example:
-            ranks = stream.take(n)
-            counts = Counter(r for r in ranks if r != 0)
-            # Ties broken by Zipf rank so the answer is deterministic.
-            top = sorted(counts, key=lambda r: (-counts[r], r))[:3]
-            return P.Example(f"ruler_fwe-{i}", P.FWE_TEMPLATE, " ".join(coded[r] for r in ranks), P.FWE_PREFIX,
-                             [coded[r] for r in top], {"num_words": n})
+        def build(n: int, vocab: list = vocab, seed: float = shuffle_seed, i: int = i) -> P.Example:
+            words = [w for w, c in zip(vocab, fwe_counts(n, len(vocab))) for _ in range(c)]
+            random.Random(seed).shuffle(words)
+            return fwe_example(f"ruler_fwe-{i}", " ".join(words), vocab[1:4], {"num_words": n})
 
-        n, example = fit(build, cfg, hint, lo=50)
-        hint = n
-        examples.append(example)
+        def tokens(n: int) -> int:
+            return len(P.prompt_ids(cfg.tokenizer, build(n), cfg.chat))
+
+        n, step = cfg.budget // 6, max(cfg.budget // 32, 1)
+        while tokens(n) < cfg.budget:
+            n += step
+        n -= step
+        while n > 0 and tokens(n) > cfg.budget:
+            n -= step
+        examples.append(build(max(n, 1)))
     return examples
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,43 +14,58 @@ from prolong.eval import protocol as P
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """How one task is generated, decoded and scored."""
+    """How one task is generated, decoded and scored (HELMET's settings: configs/*.yaml, generate_configs.py)."""
 
     name: str
     category: str
-    max_new_tokens: int
+    max_new_tokens: int  # HELMET's generation_max_length
     scorer: str  # subem | ruler | ndcg | icl | qa | choice | summ
     synthetic: bool = False
+    # HELMET's configs ask for a newline stop on RAG/re-rank/ICL under the key `stop_new_line`, which its
+    # argument parser (`--stop_newline`) never reads: every published HELMET number decoded without it.
     stop_newline: bool = False
     main_metric: str = "substring_exact_match"
-    # Long-document tasks keep 200 tokens of slack and mark the cut (HELMET's QA/summarization rule).
-    truncation_suffix: str = ""
-    reserve: int = 0
+    # HELMET's `use_chat_template` per task: chat models get their chat template only on long QA and
+    # summarization; recall, RAG, re-rank, ICL and RULER are prompted as plain text even for instruct models.
+    chat_template: bool = False
+    # Synthetic tasks: tokens kept free when sizing the haystack (RULER's tokens_to_generate).
+    sizing_tokens: int = 0
+    # Long documents: cut ahead of time to length - context_reserve - max_new_tokens tokens, with
+    # protocol.TRUNCATION_SUFFIX (HELMET's dataset names narrativeqa_130772 etc.); 0 = no such cut.
+    context_reserve: int = 0
+    # The prefix HELMET's post-processing parses after ("Answer:" unless the task says otherwise).
+    parse_prefix: str = "Answer:"
 
 
 def _t(name: str, category: str, tokens: int, scorer: str, main: str, **kw: Any) -> TaskSpec:
     return TaskSpec(name, category, tokens, scorer, main_metric=main, **kw)
 
 
-_LONGDOC = {"truncation_suffix": P.TRUNCATION_SUFFIX, "reserve": 200}
+def _ruler(name: str, tokens: int, sizing: int) -> TaskSpec:
+    category = "recall" if name in ("ruler_niah_mk_2", "ruler_niah_mk_3", "ruler_niah_mv") else "ruler"
+    return _t(name, category, tokens, "ruler", "ruler_recall", synthetic=True, sizing_tokens=sizing)
+
+
+_LONGQA = {"chat_template": True, "context_reserve": 200}
 TASKS: dict[str, TaskSpec] = {
-    "json_kv": _t("json_kv", "recall", 100, "subem", "substring_exact_match", synthetic=True),
-    **{name: _t(name, "recall" if name in ("ruler_niah_mk_2", "ruler_niah_mk_3", "ruler_niah_mv") else "ruler",
-                128, "ruler", "ruler_recall", synthetic=True)
+    "json_kv": _t("json_kv", "recall", 100, "subem", "substring_exact_match", synthetic=True, sizing_tokens=100,
+                  parse_prefix="corresponding value:"),
+    # HELMET's generation lengths (50/100); haystacks sized with RULER's tokens_to_generate (128/30/120/50).
+    **{name: _ruler(name, 100 if name in ("ruler_niah_mk_3", "ruler_niah_mq") else 50, 128)
        for name in ("ruler_niah_s_1", "ruler_niah_s_2", "ruler_niah_s_3", "ruler_niah_mk_1", "ruler_niah_mk_2",
                     "ruler_niah_mk_3", "ruler_niah_mv", "ruler_niah_mq")},
-    "ruler_vt": _t("ruler_vt", "ruler", 30, "ruler", "ruler_recall", synthetic=True),
-    "ruler_cwe": _t("ruler_cwe", "ruler", 120, "ruler", "ruler_recall", synthetic=True),
-    "ruler_fwe": _t("ruler_fwe", "ruler", 50, "ruler", "ruler_recall", synthetic=True),
-    **{f"rag_{n}": _t(f"rag_{n}", "rag", 20, "subem", "substring_exact_match", stop_newline=True)
-       for n in H.RAG_FILES},
-    "rerank_msmarco": _t("rerank_msmarco", "rerank", 200, "ndcg", "ndcg@10", stop_newline=True),
-    **{f"icl_{n}": _t(f"icl_{n}", "icl", 20, "icl", "exact_match", stop_newline=True) for n in H.ICL_SHOTS},
-    "narrativeqa": _t("narrativeqa", "qa", 100, "qa", "rougeL_f1", **_LONGDOC),
-    "infbench_qa": _t("infbench_qa", "qa", 10, "qa", "rougeL_f1", **_LONGDOC),
-    "infbench_choice": _t("infbench_choice", "qa", 10, "choice", "exact_match", **_LONGDOC),
-    "infbench_sum": _t("infbench_sum", "summ", 1200, "summ", "rougeL_f1", **_LONGDOC),
-    "multi_lexsum": _t("multi_lexsum", "summ", 400, "summ", "rougeL_f1", **_LONGDOC),
+    "ruler_vt": _ruler("ruler_vt", 50, 30),
+    "ruler_cwe": _ruler("ruler_cwe", 100, 120),
+    "ruler_fwe": _ruler("ruler_fwe", 50, 50),
+    **{f"rag_{n}": _t(f"rag_{n}", "rag", 20, "subem", "substring_exact_match") for n in H.RAG_FILES},
+    "rerank_msmarco": _t("rerank_msmarco", "rerank", 200, "ndcg", "ndcg@10"),
+    **{f"icl_{n}": _t(f"icl_{n}", "icl", 20, "icl", "exact_match", parse_prefix="label:") for n in H.ICL_SHOTS},
+    "narrativeqa": _t("narrativeqa", "qa", 100, "qa", "rougeL_f1", **_LONGQA),
+    "infbench_qa": _t("infbench_qa", "qa", 10, "qa", "rougeL_f1", **_LONGQA),
+    "infbench_choice": _t("infbench_choice", "qa", 10, "choice", "exact_match", **_LONGQA),
+    "infbench_sum": _t("infbench_sum", "summ", 1200, "summ", "rougeL_f1", **_LONGQA),
+    "multi_lexsum": _t("multi_lexsum", "summ", 400, "summ", "rougeL_f1", chat_template=True, context_reserve=300,
+                       parse_prefix="Summary:"),
 }
 SYNTHETIC_TASKS = [name for name, spec in TASKS.items() if spec.synthetic]
 CATEGORIES: dict[str, list[str]] = {
@@ -93,8 +108,23 @@ def build_examples(task: str, tokenizer: Any, length: int, num_examples: int, se
 
     spec = TASKS[task]
     if spec.synthetic:
-        cfg = SynthConfig(tokenizer, length, spec.max_new_tokens, chat, seed, depths, essay_path)
+        cfg = SynthConfig(tokenizer, length, spec.sizing_tokens or spec.max_new_tokens, chat, seed, depths,
+                          essay_path)
         return build_synthetic(task, cfg, num_examples)
+    examples = _from_files(task, tokenizer, length, num_examples, seed, data_dir)
+    if spec.context_reserve:
+        limit = length - spec.context_reserve - spec.max_new_tokens
+        examples = [replace(e, context=P.pretruncate_context(tokenizer, e.context, limit)) for e in examples]
+    return examples
+
+
+def uses_chat(spec: TaskSpec, model_chat: bool) -> bool:
+    """Whether a task is prompted through the chat template: a chat model and a HELMET chat task."""
+    return model_chat and spec.chat_template
+
+
+def _from_files(task: str, tokenizer: Any, length: int, num_examples: int, seed: int,
+                data_dir: str | None) -> list[P.Example]:
     if data_dir is None:
         raise UserError(f"task {task} reads HELMET data files: pass data_dir (see prolong.eval.helmet_files)")
     root = Path(data_dir)
@@ -112,34 +142,41 @@ def build_examples(task: str, tokenizer: Any, length: int, num_examples: int, se
 
 
 def score(spec: TaskSpec, output: str, example: P.Example, chat: bool, judge: Any = None) -> dict[str, float]:
-    """Metrics (0..1) of one output. Base models get the answer prefix prepended, as HELMET does."""
+    """Metrics (0..1) of one output, as HELMET's post-processing computes them.
+
+    Base models get the answer prefix prepended before scoring (HELMET eval.py), so a base model's
+    "Answer: x" and a chat model's "x" parse alike.
+    """
     text = output if chat else example.answer_prefix + output
-    prefix = example.answer_prefix.strip()
     if spec.scorer == "ruler":
-        return {"ruler_recall": M.string_match_all(output, example.answers),
-                "ruler_part": M.string_match_part(output, example.answers)}
-    if spec.scorer == "subem":
-        return M.qa_metrics(text, example.answers, prefix)
-    if spec.scorer == "icl":
-        parsed = M.parse_output(text, prefix)
-        return {"exact_match": max(M.exact_match(output, example.answers), M.exact_match(parsed, example.answers))}
+        return {"ruler_recall": M.string_match_all(text, example.answers),
+                "ruler_part": M.string_match_part(text, example.answers)}
+    if spec.scorer == "icl":  # only the parsed label counts
+        return M.answer_metrics(M.parse_output(text, spec.parse_prefix), example.answers)
     if spec.scorer == "ndcg":
-        ranking = M.parse_ranking(M.parse_output(text, prefix) or output)
-        ranking = ranking or M.parse_ranking(output)
+        ranking = M.parse_ranking(text)
         return {"ndcg@10": M.ndcg_at_10(ranking, example.meta["qrels"], example.meta["qid"]),
                 "num_ranked": float(len(ranking))}
     if spec.scorer == "choice":
-        # Letters are not compared through normalize_answer, which deletes the article "A".
-        parsed = M.parse_output(text, prefix)
-        letter = parsed.strip().lstrip("([").strip()[:1]
-        by_letter = float(bool(letter) and letter == example.meta.get("gold_letter"))
-        return {"exact_match": max(by_letter, M.exact_match(parsed, example.answers)),
-                "substring_exact_match": max(by_letter, M.substring_exact_match(parsed, example.answers))}
-    metrics = dict(M.rouge_l(M.parse_output(text, prefix) or output, example.answers))
-    if spec.scorer == "qa":
-        metrics.update(M.qa_metrics(text, example.answers, prefix))
-        if judge is not None:
-            metrics.update(judge.score_qa(example.meta.get("question", ""), example.answers, output))
-    elif judge is not None:
+        return choice_metrics(text, example.answers)
+    metrics = M.qa_metrics(text, example.answers, spec.parse_prefix)
+    if judge is not None and spec.scorer == "qa":
+        metrics.update(judge.score_qa(example.meta.get("question", ""), example.answers, output))
+    elif judge is not None and spec.scorer == "summ":
         metrics.update(judge.score_summary(example.answers[0], example.meta.get("keypoints", []), output))
+    return metrics
+
+
+def choice_metrics(text: str, answers: list[str]) -> dict[str, float]:
+    """InfiniteBench multiple choice, HELMET's rule: answers = [letter, "letter. option"].
+
+    EM/F1/ROUGE as for QA (note that normalisation deletes the article "A", so the gold letter A equals an
+    empty answer: HELMET's behaviour, kept so scores match); the option's full text anywhere in the output
+    (case-insensitive) counts as exact and substring match.
+    """
+    raw, parsed = M.answer_metrics(text, answers), M.answer_metrics(M.parse_output(text), answers)
+    metrics = {k: max(v, parsed[k]) for k, v in raw.items() if k != "substring_exact_match"}
+    found = float(answers[1].lower() in text.lower())
+    metrics["substring_exact_match"] = found
+    metrics["exact_match"] = max(metrics["exact_match"], found)
     return metrics

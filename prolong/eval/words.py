@@ -16,13 +16,13 @@ DEFAULT_ESSAY_PATHS = ("/usr/share/common-licenses",)
 
 @functools.cache
 def word_list(kind: str) -> tuple[str, ...]:
-    """wonderwords' English word lists ('adjective', 'noun', 'verb'), single lowercase words only."""
+    """wonderwords' English word lists ('adjective', 'noun', 'verb') as RULER reads them (every entry)."""
     try:
         assets = resources.files("wonderwords") / "assets"
     except ModuleNotFoundError as error:
         raise UserError("synthetic tasks need `wonderwords`: pip install 'prolong[eval]'") from error
     text = (assets / f"{kind}list.txt").read_text(encoding="utf-8")
-    return tuple(sorted({w.strip() for w in text.split("\n") if w.strip().isalpha() and w.strip().islower()}))
+    return tuple(sorted({w.strip() for w in text.split("\n") if w.strip()}))
 
 
 def word_key(rng: random.Random) -> str:
