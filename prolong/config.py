@@ -106,9 +106,12 @@ class TokenizerSpec(Strict):
 class SourceSpec(Strict):
     """One raw corpus, read as a stream."""
 
-    type: Literal["jsonl", "parquet", "hf_disk", "text_dir", "code_repos"] = Field(
+    type: Literal["jsonl", "parquet", "hf_disk", "text_dir", "code_repos", "mds"] = Field(
         description="jsonl (.jsonl/.gz/.zst), parquet, a dataset saved with save_to_disk, a directory "
-        "of text files, or a directory whose subdirectories are code repositories"
+        "of text files, a directory whose subdirectories are code repositories, or mds: a "
+        "mosaicml-streaming MDS directory of token ids (index.json + shards, nested folders allowed): "
+        "packed sequences (an `indices` column, ProLong's released data) are trained on as they are, "
+        "unpacked documents (`input_ids` only) are packed like any other source"
     )
     path: str = Field(description="file, glob or directory")
     text_field: str = Field("text", description="field holding the document text")
@@ -120,6 +123,12 @@ class SourceSpec(Strict):
     name_field: str | None = Field(None, description="per-row name written before its text in a group")
     messages_field: str = Field("messages", description="field holding chat messages (sft domains)")
     max_documents: int | None = Field(None, gt=0, description="stop after this many documents")
+
+    @model_validator(mode="after")
+    def _mds_has_no_text_fields(self) -> SourceSpec:
+        if self.type == "mds" and (self.group_field or self.name_field):
+            raise ValueError("group_field and name_field apply to text sources; an mds source holds token ids")
+        return self
 
 
 class LengthSampling(Strict):
@@ -140,6 +149,19 @@ class DomainSpec(Strict):
     )
     sources: list[SourceSpec] = Field(min_length=1, description="raw corpora of this domain")
     length_sampling: LengthSampling | None = Field(None, description="UltraLong length-based sampling")
+
+    @model_validator(mode="after")
+    def _mds_alone(self) -> DomainSpec:
+        if len({s.type == "mds" for s in self.sources}) > 1:
+            raise ValueError(
+                f"domain {self.name!r} mixes mds sources (token ids) with text sources; put them in two domains"
+            )
+        return self
+
+    @property
+    def is_mds(self) -> bool:
+        """Its sources are MDS datasets of token ids (read without the tokenizer)."""
+        return self.sources[0].type == "mds"
 
 
 class DataSpec(Strict):
@@ -413,6 +435,14 @@ class Recipe(Strict):
             for name in self.synth.source_domains:
                 if name not in domains:
                     raise ValueError(f"synth.source_domains: unknown domain {name!r}; defined: {sorted(domains)}")
+                if domains[name].is_mds:
+                    raise ValueError(f"synth.source_domains: {name!r} holds token ids (mds); synthesis needs text")
+        mds = [d.name for d in self.data.domains if d.is_mds]
+        if mds and (self.tokenizer.path is None or self.tokenizer.train_vocab_size is not None):
+            raise ValueError(
+                f"domains {mds} read MDS token ids, which carry no tokenizer: set tokenizer.path to the "
+                "tokenizer they were made with (ProLong's released data: Llama-3's, e.g. the model directory)"
+            )
         if self.model.init is not None and self.tokenizer.path is None and self.tokenizer.train_vocab_size is None:
             raise ValueError("a tiny model needs a tokenizer: set tokenizer.path or tokenizer.train_vocab_size")
         return self

@@ -53,16 +53,16 @@ def _stage_rows(recipe: Recipe) -> list[list[str]]:
 
 
 def _data_rows(recipe: Recipe) -> list[list[str]]:
-    from prolong.data.format import ShardReader
+    from prolong.data.format import shard_meta
     from prolong.data.stats import find_shards
 
     root = Path(recipe.data.shard_dir)
     rows = []
     for stage in recipe.stages:
         shards = find_shards(root / stage.name) if (root / stage.name).exists() else []
-        total = sum(ShardReader(p).meta["num_tokens"] for p in shards) or 1
+        total = sum(shard_meta(p)["num_tokens"] for p in shards) or 1
         for path in shards:
-            meta = ShardReader(path).meta
+            meta = shard_meta(path)  # our shards and links to MDS packs alike
             rows.append([stage.name, path.name, f"{meta['num_sequences']:,}", f"{meta['num_tokens']:,}",
                          f"{meta['num_documents']:,}", f"{meta['num_tokens'] / total:.0%}"])
     return rows

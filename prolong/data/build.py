@@ -22,6 +22,8 @@ from rich.console import Console
 
 from prolong.config import DomainSpec, Recipe, StageSpec
 from prolong.data.format import ShardReader, is_complete
+from prolong.data.mds import MdsDocuments
+from prolong.data.mds_build import domain_dataset, is_packed, link_packs, mds_documents
 from prolong.data.mixture import shard_path
 from prolong.data.pack import (
     assign_length_subsets,
@@ -89,8 +91,10 @@ def tokenized_domain(
     tokenizer: Any,
     workers: int | None,
     show_progress: bool,
-) -> TokenizedDocs:
+) -> TokenizedDocs | MdsDocuments:
     """The domain's tokenized corpus, built once and reused (keyed by sources, tokenizer and seed)."""
+    if domain.is_mds:  # already token ids: read where they are, nothing to tokenize
+        return mds_documents(recipe, domain, tokenizer)
     key = _key(
         [s.model_dump() for s in domain.sources],
         source_fingerprint(domain.sources),
@@ -122,6 +126,9 @@ def build_stage(
     for domain_name in dict.fromkeys(e.domain for e in stage.mixture):
         domain = recipe.domain(domain_name)
         entries = [e for e in stage.mixture if e.domain == domain_name]
+        if domain.is_mds and is_packed(domain_dataset(recipe, domain)):  # released packs: used as they are
+            metas += link_packs(recipe, stage, domain, entries, tokenizer, tokenizer_dir, console)
+            continue
         doc_lens = [e.doc_len or stage.seq_len for e in entries]
         targets = [shard_path(recipe.data.shard_dir, stage.name, domain_name, n) for n in doc_lens]
         key = _key(

@@ -30,19 +30,40 @@ def build(recipe: str, stage: str | None = None, workers: int | None = None) -> 
         build_stage(loaded, spec, workers)
 
 
-def stats(shard_dir: str, plot: str | None = None) -> None:
+def stats(shard_dir: str, plot: str | None = None, tokenizer: str | None = None) -> None:
     """Tokens and sequences per domain, and how many documents exceed 4K-32K tokens.
 
     SHARD_DIR is a shard, a stage directory or the whole data.shard_dir. The length table follows the
     paper's Table 13 (share of documents longer than 4K, 8K, 16K, 32K tokens), computed on the
     tokenized documents before packing. --plot FILE.png writes a histogram of document lengths.
+
+    SHARD_DIR may also hold MDS datasets as downloaded (ProLong's released data: one domain folder, or
+    all of prolong-data-64K): every sample is read once. MDS data carries no tokenizer: --tokenizer DIR
+    (the model's) checks that its token ids, and those of MDS packs linked by a build, fit its vocabulary.
     """
-    from prolong.data.stats import LENGTH_THRESHOLDS, find_shards, length_stats, plot_lengths, shard_stats
+    from prolong.data.mds import is_mds_dir
+    from prolong.data.stats import (
+        check_shard_vocab,
+        find_shards,
+        length_stats,
+        length_table,
+        plot_lengths,
+        print_mds_stats,
+        shard_stats,
+    )
 
     root = Path(shard_dir)
     if not root.exists():
         raise UserError(f"{root}: no such directory")
     shards = [shard_stats(p, root) for p in find_shards(root)]
+    vocab_size = None
+    if tokenizer:
+        from prolong.model.io import load_tokenizer
+
+        vocab_size = len(load_tokenizer(tokenizer))
+    if not shards and is_mds_dir(root):
+        print_mds_stats(root, vocab_size, plot, Console(width=None if sys.stdout.isatty() else 150))
+        return
     if not shards:
         raise UserError(f"{root}: no finished shard found; run `prolong data build RECIPE` first")
     console = Console(width=None if sys.stdout.isatty() else 150)  # pipes would get 80 columns
@@ -73,17 +94,10 @@ def stats(shard_dir: str, plot: str | None = None) -> None:
             f"{s.non_utf8:,}",
         )
     console.print(table)
+    if vocab_size is not None:
+        check_shard_vocab(find_shards(root), vocab_size)
     lengths = length_stats(root)
-    table = Table(title="document lengths before packing (paper Table 13)")
-    table.add_column("domain")
-    table.add_column("documents", justify="right")
-    table.add_column("tokens", justify="right")
-    for t in LENGTH_THRESHOLDS:
-        table.add_column(f">{t // 1024}K", justify="right")
-    for s in lengths:
-        shares = [f"{100 * s.longer_than[t]:.1f}%" for t in LENGTH_THRESHOLDS]
-        table.add_row(escape(s.domain), f"{s.documents:,}", f"{s.tokens:,}", *shares)
-    console.print(table)
+    console.print(length_table(lengths))
     if plot:
         console.print(f"length histogram: {plot_lengths(lengths, plot)}")
 
@@ -94,10 +108,10 @@ def peek(shard_dir: str, index: int = 0, tokenizer: str | None = None) -> None:
     Each document starts with a ┃doc k · n tokens┃ marker; for SFT shards the tokens that carry a
     loss (assistant tokens) are shown in green. --tokenizer defaults to the one the shard was built with.
     """
-    from prolong.data.format import ShardReader
+    from prolong.data.format import open_shard
     from prolong.model.io import load_tokenizer
 
-    reader = ShardReader(shard_dir)
+    reader = open_shard(shard_dir)  # our shard, or MDS packs linked by the build
     if not -len(reader) <= index < len(reader):
         raise UserError(f"{shard_dir}: index {index} out of range; the shard has {len(reader)} sequences")
     path = tokenizer or reader.meta.get("tokenizer_path")

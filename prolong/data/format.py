@@ -60,6 +60,21 @@ def is_complete(path: str | Path) -> bool:
     return (Path(path) / "meta.json").is_file()
 
 
+def shard_meta(path: str | Path) -> dict[str, Any]:
+    """meta.json of a finished shard directory, of either kind (see `open_shard`)."""
+    return json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
+
+
+def open_shard(path: str | Path) -> Any:
+    """The reader of a finished shard directory: a ShardReader, or an MdsPacks when the directory is a
+    link to MDS packs (meta.json "format": "mds", written by `prolong data build` for an mds domain)."""
+    if is_complete(path) and shard_meta(path).get("format") == "mds":
+        from prolong.data.mds import MdsPacks
+
+        return MdsPacks.open_link(path)
+    return ShardReader(path)
+
+
 class ShardWriter:
     """Append packed sequences to a new shard; `close(meta)` makes it visible atomically."""
 
@@ -139,6 +154,8 @@ class ShardReader:
                 f"{self.path}: shard format version {self.meta.get('format_version')}, this prolong reads "
                 f"version {FORMAT_VERSION}; rebuild the shards"
             )
+        if self.meta.get("format") == "mds":
+            raise ValueError(f"{self.path}: a link to MDS packs, not a packed shard; open it with open_shard")
         self.seq_offsets = np.load(self.path / "seq_offsets.npy")
         self.doc_offsets = np.load(self.path / "doc_offsets.npy")
         self.doc_lens = np.load(self.path / "doc_lens.npy")

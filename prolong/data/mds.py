@@ -501,6 +501,7 @@ class MdsSummary:
     tokens: int = 0
     documents: int = 0
     max_token_id: int = -1
+    max_token_where: str = ""  # the file and sample holding the largest id
     min_length: int = 0
     max_length: int = 0
     packed: bool = False
@@ -544,8 +545,8 @@ def scan(
                         raise MdsError(f"{where}: mask and input_ids differ in length")
                 else:
                     lens = np.asarray([len(ids)])
-                if len(ids):
-                    summary.max_token_id = max(summary.max_token_id, int(ids.max()))
+                if len(ids) and int(ids.max()) > summary.max_token_id:
+                    summary.max_token_id, summary.max_token_where = int(ids.max()), where
                 summary.samples += 1
                 summary.tokens += len(ids)
                 summary.documents += len(lens)
@@ -557,7 +558,7 @@ def scan(
     if summary.samples == 0:
         summary.min_length = 0
     if vocab_size is not None and summary.max_token_id >= 0:
-        check_vocab(summary.max_token_id, vocab_size, ", ".join(map(str, dataset.paths)))
+        check_vocab(summary.max_token_id, vocab_size, summary.max_token_where)
     return summary
 
 
@@ -661,11 +662,12 @@ class MdsDocuments:
 
 
 def iter_datasets(root: Path) -> Iterator[Path]:
-    """The MDS datasets `prolong data stats` reports under `root`: root itself when it has an index.json
-    or sub-folders with one (its parts), else each sub-directory that holds a dataset (a domain)."""
-    if (root / INDEX).is_file() or any((c / INDEX).is_file() for c in root.iterdir() if c.is_dir()):
+    """The MDS datasets `prolong data stats` reports under `root`, one per domain: root itself when it
+    has an index.json or when every sub-folder holding data is a dataset of its own index.json (parts,
+    as procNN-64/), else each sub-directory that holds data, looked at the same way."""
+    children = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".") and is_mds_dir(p)]
+    if (root / INDEX).is_file() or (children and all((c / INDEX).is_file() for c in children)):
         yield root
         return
-    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if is_mds_dir(child):
-            yield from iter_datasets(child)
+    for child in children:
+        yield from iter_datasets(child)

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from prolong.config import StageSpec
-from prolong.data.format import PackedSequence, ShardReader, is_complete
+from prolong.data.format import PackedSequence, ShardReader, is_complete, open_shard
+from prolong.data.mds import MdsPacks, check_vocab
 from prolong.data.sources import stable_seed
 from prolong.data.tokenize import tokenizer_identity
 from prolong.errors import UserError
@@ -56,7 +57,7 @@ class Component:
     domain: str
     doc_len: int
     proportion: float
-    reader: ShardReader
+    reader: ShardReader | MdsPacks  # our packed shard, or ProLong's released MDS packs as they are
 
 
 class StageMixture:
@@ -89,7 +90,7 @@ class StageMixture:
                 raise UserError(
                     f"{path}: shard missing or incomplete; run `prolong data build RECIPE --stage {stage.name}`"
                 )
-            reader = ShardReader(path)
+            reader = open_shard(path)
             if len(reader) == 0:
                 raise UserError(
                     f"{path}: no sequences (no document of domain {entry.domain!r} reaches {doc_len} tokens?); "
@@ -101,6 +102,9 @@ class StageMixture:
                 )
             if tokenizer is not None:
                 check_tokenizer(reader.meta, tokenizer)
+                if isinstance(reader, MdsPacks):  # MDS ids carry no tokenizer: their range is the check
+                    check_vocab(reader.meta["max_token_id"], len(tokenizer), str(path))
+                    reader.vocab_size = len(tokenizer)
             components.append(Component(entry.domain, doc_len, entry.proportion, reader))
         hashes = {c.reader.meta.get("tokenizer", {}).get("vocab_hash") for c in components}
         if len(hashes) > 1:

@@ -73,12 +73,18 @@ def expand_paths(pattern: str) -> list[Path]:
 
 
 def source_fingerprint(sources: list[SourceSpec]) -> list[tuple[str, int, int]]:
-    """(path, size, mtime) of every matched file or directory: a changed source invalidates caches."""
-    return [
-        (str(path), path.stat().st_size if path.is_file() else 0, path.stat().st_mtime_ns)
-        for source in sources
-        for path in expand_paths(source.path)
-    ]
+    """(path, size, mtime) of every matched file or directory (of an MDS dataset: its index and shard
+    files): a changed source invalidates caches."""
+    from prolong.data.mds import MdsDataset
+
+    prints = []
+    for source in sources:
+        for path in expand_paths(source.path):
+            if source.type == "mds":
+                prints += MdsDataset([path]).fingerprint()
+            else:
+                prints.append((str(path), path.stat().st_size if path.is_file() else 0, path.stat().st_mtime_ns))
+    return prints
 
 
 class _Progress:
