@@ -233,6 +233,12 @@ class StageSpec(Strict):
     )
     sequence_parallel: int = Field(1, ge=1, description="Ulysses sequence-parallel degree")
     activation_checkpointing: bool = Field(True, description="recompute each decoder layer in backward")
+    offload_activations: bool | None = Field(
+        None, description="training.offload_activations for this stage (none: the training one)"
+    )
+    tiled_mlp: Literal["auto"] | bool | None = Field(
+        None, description="training.tiled_mlp for this stage (none: the training one)"
+    )
     init_from: str = Field(
         "previous",
         description="'previous' (the previous stage, or the model for the first stage), 'model' (the "
@@ -302,6 +308,21 @@ class TrainingSpec(Strict):
     loss_chunk_tokens: int = Field(2048, gt=0, description="cross-entropy block size (never full logits)")
     max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row that stop the run")
     reorder_microbatches: bool = Field(True, description="ProLong's minibatch reordering by attention cost")
+    offload_activations: bool = Field(
+        False,
+        description="hold each checkpointed decoder-layer input in (pinned) host memory from its forward to "
+        "its backward, copied on a side stream with prefetch (needs activation_checkpointing); a stage's "
+        "offload_activations overrides it",
+    )
+    tiled_mlp: Literal["auto"] | bool = Field(
+        "auto",
+        description="run each decoder MLP over sequence tiles, forward and backward (same math to rounding, "
+        "not bitwise); auto: on from 32K tokens per rank (seq_len / sequence_parallel), off below; a "
+        "stage's tiled_mlp overrides it",
+    )
+    mlp_tile_tokens: TokenCount | None = Field(
+        None, description="tokens per MLP tile; none: about the hidden size, chosen per micro-batch"
+    )
     attention_backend: Literal["auto", "varlen", "flash_attn", "sdpa_per_doc"] = Field(
         "auto", description="document-attention kernel; auto picks the fastest available"
     )

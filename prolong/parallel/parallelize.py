@@ -6,6 +6,9 @@ checkpoint offload) -> FSDP2 per decoder layer, then root.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -15,7 +18,10 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from prolong.errors import UserError
 from prolong.parallel.mesh import ParallelMesh, validate_sequence_parallel
 from prolong.parallel.offload import ActivationOffloader
-from prolong.parallel.tiled_mlp import apply_tiled_mlp
+from prolong.parallel.tiled_mlp import apply_tiled_mlp, resolve_tiled_mlp
+
+if TYPE_CHECKING:
+    from prolong.config import StageSpec, TrainingSpec
 from prolong.parallel.ulysses import register_ulysses_attention
 
 
@@ -35,6 +41,48 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     if not layers:
         raise TypeError(f"{type(model).__name__} has no decoder layers transformers can checkpoint")
     return layers
+
+
+@dataclass(frozen=True)
+class ActivationPolicy:
+    """A stage's resolved activation policies: the activation keyword arguments of `parallelize`."""
+
+    activation_checkpointing: bool = True
+    offload_activations: bool = False
+    tiled_mlp: bool = False
+    mlp_tile_tokens: int | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        tiles = f"{self.mlp_tile_tokens} tokens per tile" if self.mlp_tile_tokens else "automatic tiles"
+        on_off = {True: "on", False: "off"}
+        return (
+            f"activation checkpointing {on_off[self.activation_checkpointing]}, checkpoint offload "
+            f"{on_off[self.offload_activations]}, tiled MLP " + (f"on ({tiles})" if self.tiled_mlp else "off")
+        )
+
+
+def stage_activation_policy(training: TrainingSpec, stage: StageSpec, index: int) -> ActivationPolicy:
+    """The activation policies of stage `index`: its own switches, else the training ones; auto resolved.
+
+    Refuses offload without activation checkpointing, naming the recipe keys.
+    """
+    offload = training.offload_activations if stage.offload_activations is None else stage.offload_activations
+    if offload and not stage.activation_checkpointing:
+        raise UserError(
+            f"stages.{index} ({stage.name!r}): offload_activations moves the layer inputs that activation "
+            "checkpointing keeps to host memory; set activation_checkpointing: true in the stage, or "
+            "offload_activations: false"
+        )
+    tiled = training.tiled_mlp if stage.tiled_mlp is None else stage.tiled_mlp
+    return ActivationPolicy(
+        activation_checkpointing=stage.activation_checkpointing,
+        offload_activations=offload,
+        tiled_mlp=resolve_tiled_mlp(tiled, stage.seq_len // stage.sequence_parallel),
+        mlp_tile_tokens=training.mlp_tile_tokens,
+    )
 
 
 def apply_activation_policies(

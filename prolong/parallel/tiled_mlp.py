@@ -78,7 +78,9 @@ def check_gated_mlp(mlp: Any, where: str) -> None:
 
 def _run_tiles(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int) -> torch.Tensor:
     """run(x) tile by tile into one preallocated output (no list of tiles to concatenate: 1x, not 2x)."""
-    x_ND = x.reshape(-1, x.shape[-1])
+    # detached: a view taken under no_grad of a tensor that requires grad would still claim to require
+    # it, without a grad_fn, which module hooks (torch's ModTracker / memory trackers) reject
+    x_ND = x.detach().reshape(-1, x.shape[-1])
     first = run(x_ND[:tile])
     out_ND = first.new_empty((x_ND.shape[0], first.shape[-1]))
     out_ND[:tile] = first

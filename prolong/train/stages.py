@@ -32,7 +32,7 @@ from prolong.model.io import init_model, load_model, load_tokenizer, parse_dtype
 from prolong.model.loss import CausalLMWithChunkedLoss
 from prolong.model.rope import apply_rope_config, set_model_rope
 from prolong.parallel.mesh import ParallelMesh, validate_sequence_parallel
-from prolong.parallel.parallelize import hf_model_of, parallelize
+from prolong.parallel.parallelize import hf_model_of, parallelize, stage_activation_policy
 from prolong.train.checkpoint import latest_checkpoint, load_checkpoint, load_optimizer_state
 from prolong.train.loop import StageRun
 from prolong.train.metrics import plot_stage
@@ -107,6 +107,7 @@ def validate_run(recipe: Recipe, stages: list[StageSpec], world_size: int) -> No
             validate_sequence_parallel(stage.sequence_parallel, world_size, heads, kv_heads)
         except UserError as error:
             raise UserError(f"stage {stage.name!r}: {error}") from None
+        stage_activation_policy(recipe.training, stage, recipe.stages.index(stage))  # offload needs AC
 
 
 def ensure_init_model(recipe: Recipe, mesh: ParallelMesh, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -174,7 +175,10 @@ def build_model(
     wrapped = CausalLMWithChunkedLoss(model, chunk_tokens=recipe.training.loss_chunk_tokens)
     full_weights = wrapped.state_dict() if mesh.is_main else {}
     param_dtype = parse_dtype(recipe.model.dtype) if mesh.device.type == "cuda" else None
-    parallelize(wrapped, mesh, backend, stage.activation_checkpointing, param_dtype)
+    policy = stage_activation_policy(recipe.training, stage, recipe.stages.index(stage))
+    if mesh.is_main:
+        print(f"stage {stage.name}: {policy.describe()}", flush=True)  # tiled_mlp: auto resolved
+    parallelize(wrapped, mesh, backend, param_dtype=param_dtype, **policy.kwargs())
     if mesh.world_size > 1:
         if not mesh.is_main:
             wrapped.to_empty(device=mesh.device)
