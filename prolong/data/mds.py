@@ -370,15 +370,20 @@ def _entries(index_file: Path) -> list[dict[str, Any]]:
     return index["shards"]
 
 
-def token_ids(values: Any, where: str) -> np.ndarray:
-    """A 1-D integer column as uint32 token ids (a copy), refusing what cannot be token ids."""
+def checked_ids(values: Any, where: str) -> np.ndarray:
+    """A 1-D integer column that can be token ids (non-negative, 32 bits), as it is (no copy)."""
     if not isinstance(values, np.ndarray) or values.ndim != 1 or values.dtype.kind not in "iu":
         raise MdsError(f"{where}: input_ids must be a 1-D integer array, got {getattr(values, 'dtype', type(values))}")
     if values.dtype.kind == "i" and len(values) and int(values.min()) < 0:
         raise MdsError(f"{where}: negative token id {int(values.min())}")
     if values.dtype.itemsize > 4 and len(values) and int(values.max()) > np.iinfo(TOKEN_DTYPE).max:
         raise MdsError(f"{where}: token id {int(values.max())} does not fit 32 bits")
-    return np.array(values, dtype=TOKEN_DTYPE)
+    return values
+
+
+def token_ids(values: Any, where: str) -> np.ndarray:
+    """A 1-D integer column as uint32 token ids (a copy: what a training sequence holds)."""
+    return np.array(checked_ids(values, where), dtype=TOKEN_DTYPE)
 
 
 def check_vocab(max_id: int, vocab_size: int, where: str) -> None:
@@ -535,7 +540,7 @@ def scan(
             shard.verify_hashes()
             for local in range(shard.samples):
                 where = shard.where(local)
-                ids = token_ids(shard.value(local, "input_ids"), where)
+                ids = checked_ids(shard.value(local, "input_ids"), where)
                 if packed:
                     if seq_len is not None and len(ids) != seq_len:
                         raise MdsError(_wrong_length(where, len(ids), seq_len))

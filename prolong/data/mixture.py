@@ -5,6 +5,9 @@ Which component (domain, length subset) sample g comes from is read off a low-di
 component in its proportion to within a few samples. The k-th sample of a component is sequence
 perm_epoch[k mod N] of its shard, with a fresh seeded permutation every epoch. Nothing depends on the
 number of ranks: resuming or changing the world size needs only the global sample index.
+
+A component's shard is one of prolong's packed shards or a link to MDS packs (ProLong's released data,
+prolong.data.mds): both give sequences by index, so sampling and resume are the same for both.
 """
 
 from __future__ import annotations

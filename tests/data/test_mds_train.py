@@ -4,6 +4,8 @@ trains on them, and the losses equal those of the same sequences stored as prolo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -136,9 +138,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path, data:
     root = tmp_path_factory.mktemp("mds-run")
     recipe = mds_recipe(root, tokenizer_dir, data)
     path = write(recipe, root / "recipe.yaml")
-    build = prolong("data", "build", str(path))
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):  # `prolong data build`, in this process (faster)
+        spec = recipe_from_dict(recipe)
+        for stage in spec.stages:
+            build_stage(spec, stage)
     prolong("train", str(path))
-    return {"root": root, "recipe": recipe, "path": path, "build": build.stderr + build.stdout}
+    return {"root": root, "recipe": recipe, "path": path, "build": printed.getvalue()}
 
 
 def test_build_links_packs_and_repacks_documents(trained: dict) -> None:
