@@ -77,8 +77,10 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> None:
                      + [f"{scores[n]:.1f}" if n in scores else "" for n in lengths])
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in lines]
-    note = ("Scores x100. qa/summ use ROUGE-L F1 (rouge-score, stemmed) unless a judge is configured "
-            "(judge_* metrics in the per-task JSON).")
+    note = ("Scores x100. Prompts, decoding, parsing and metrics follow HELMET's code (docs/fidelity.md): "
+            "a chat model gets its chat template on qa/summ only, as in HELMET. qa/summ use ROUGE-L F1 "
+            "(rouge-score, stemmed) unless a judge is configured (judge_* metrics in the per-task JSON); "
+            "HELMET's QA/Summ columns are judge scores.")
     write_text(out_dir / "summary.md", "\n".join(md) + "\n\n" + note + "\n")
     with atomic_file(out_dir / "summary.csv", newline="") as f:
         writer = csv.writer(f)
