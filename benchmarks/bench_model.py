@@ -138,7 +138,7 @@ def _child_loss(variant: str, tokens: int, vocab: int, hidden: int) -> dict:
     base = _start_peak()
     start = time.perf_counter()
     if variant == "chunked":
-        loss_sum, count = chunked_cross_entropy(h, w, labels, chunk_tokens=2048, fused=False)
+        loss_sum, count = chunked_cross_entropy(h, w, labels, chunk_tokens=2048, kernel="chunked")
         loss = loss_sum / count
     else:
         loss = F.cross_entropy(h @ w.t(), labels)
@@ -172,7 +172,7 @@ def _child_train(tokens: int, n_docs: int, vocab: int) -> dict:
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=register_attention("sdpa_per_doc"))
-    step = CausalLMWithChunkedLoss(model, chunk_tokens=2048, fused=False)
+    step = CausalLMWithChunkedLoss(model, chunk_tokens=2048, kernel="chunked")
     ids = torch.randint(0, vocab, (tokens,), generator=torch.Generator().manual_seed(0))
     batch = make_packed_batch(ids, _doc_lens(tokens, n_docs))
     base = _start_peak()

@@ -9,10 +9,18 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 K, M, B = 2**10, 2**20, 2**30
 _SUFFIXES = {"": 1, "K": K, "M": M, "B": B, "G": B}
@@ -326,16 +334,85 @@ class TrainingSpec(Strict):
     attention_backend: Literal["auto", "varlen", "flash_attn", "sdpa_per_doc"] = Field(
         "auto", description="document-attention kernel; auto picks the fastest available"
     )
+    loss_kernel: Literal["auto", "chunked", "liger"] = Field(
+        "auto",
+        description="cross-entropy kernel: chunked (blocks of loss_chunk_tokens, any device) or liger "
+        "(liger-kernel's fused linear cross-entropy, CUDA); auto: liger when installed on CUDA, else "
+        "chunked. The saved recipe.yaml of a stage records the resolved choice",
+    )
 
 
 class EvalSpec(Strict):
-    """Long-context evaluation (HELMET/RULER protocol)."""
+    """Long-context evaluation (HELMET/RULER protocol): read by `prolong eval` (whose flags override
+    single fields), the training hook (eval.every_n_steps) and the demo."""
 
-    tasks: list[str] = Field(["recall"], description="task names or categories (recall, rag, icl, ...)")
-    lengths: list[TokenCount] = Field([8 * K, 16 * K, 32 * K, 64 * K, 128 * K], description="prompt lengths")
+    tasks: list[str] = Field(
+        ["recall"],
+        description="task names, aliases or categories (recall, ruler, synthetic, rag, rerank, icl, qa, summ)",
+    )
+    lengths: list[TokenCount] = Field(
+        [8 * K, 16 * K, 32 * K, 64 * K, 128 * K],
+        description="prompt lengths in tokens, sorted, repeats dropped (prompt + answer never exceed them)",
+    )
     num_examples: int = Field(100, gt=0, description="examples per task and length")
-    data_dir: str | None = Field(None, description="HELMET data files (rag, rerank, icl, qa, summ)")
-    every_n_steps: int | None = Field(None, gt=0, description="run a small suite during training")
+    seed: int = Field(42, description="seed of example generation; in a recipe: the recipe's seed unless set")
+    data_dir: str | None = Field(
+        None,
+        description="HELMET data files (rag, rerank, icl, qa, summ); for --short: DATA_DIR/<task>/<split>.jsonl",
+    )
+    essay_path: str | None = Field(None, description="prose file for RULER's essay haystack")
+    depths: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        None,
+        description="needle depths (0..1) cycled over examples, for depth x length heatmaps; none: spread evenly",
+    )
+    chat: bool | None = Field(
+        None,
+        description="chat template (true) or base prompting with the answer prefix (false); none: chat when "
+        "the tokenizer has a chat template",
+    )
+    engine: Literal["auto", "hf", "vllm"] = Field(
+        "auto",
+        description="generation engine: hf (chunked prefill, any device) or vllm (GPU); auto: vllm when "
+        "installed and a GPU is present, else hf. The saved eval_spec.yaml records the resolved choice",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype the model is loaded in for generation; auto: the checkpoint's"
+    )
+    prefill_chunk: int = Field(2048, gt=0, description="prompt tokens per forward of the hf engine's prefill")
+    judge_url: str | None = Field(
+        None,
+        description="OpenAI-compatible endpoint (http://host:port/v1) judging QA and summaries; none: ROUGE-L",
+    )
+    judge_model: str = Field("default", description="model name sent to the judge endpoint")
+    judge_api_key_env: str | None = Field(
+        None, description="environment variable holding the judge endpoint's API key (none: no key sent)"
+    )
+    short_tasks: list[str] = Field(
+        ["hellaswag", "mmlu", "arc_challenge", "winogrande", "gsm8k"],
+        description="lm-eval tasks of `prolong eval --short` (short-context checks before SFT)",
+    )
+    short_limit: int | None = Field(None, gt=0, description="examples per short task; none: all")
+    short_tasks_dir: str | None = Field(None, description="directory of your own lm-eval task YAMLs for --short")
+    every_n_steps: int | None = Field(
+        None,
+        gt=0,
+        description="during pretraining stages, run the suite every N steps (one-process runs; at most 10 "
+        "examples per task; base prompting unless chat is set; hf engine on the training model)",
+    )
+
+    @field_validator("lengths")
+    @classmethod
+    def _sorted_lengths(cls, lengths: list[int]) -> list[int]:
+        if not lengths:
+            raise ValueError("give at least one length")
+        return sorted(set(lengths))
+
+    @field_validator("tasks", "short_tasks")
+    @classmethod
+    def _some_tasks(cls, tasks: list[str]) -> list[str]:
+        if not [t for t in tasks if t.strip()]:
+            raise ValueError("give at least one task")
+        return tasks
 
 
 class SynthSpec(Strict):
@@ -412,6 +489,16 @@ class Recipe(Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     synth: SynthSpec | None = Field(None, description="synthetic long instruction data for SFT")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _eval_seed_from_recipe(cls, data: Any) -> Any:
+        """eval.seed defaults to the recipe's seed (the saved recipe then states it)."""
+        if isinstance(data, dict) and isinstance(data.get("eval", {}), dict):
+            evaluation = dict(data.get("eval") or {})
+            evaluation.setdefault("seed", data.get("seed", cls.model_fields["seed"].default))
+            data = {**data, "eval": evaluation}
+        return data
 
     @model_validator(mode="after")
     def _references(self) -> Recipe:
@@ -509,8 +596,8 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
     raise RecipeError(f"{name_or_path}: no such file, and not a shipped recipe; shipped: {available}")
 
 
-def _format_errors(source: str, error: ValidationError) -> str:
-    lines = [f"{source}: {error.error_count()} problem(s) in the recipe"]
+def _format_errors(source: str, error: ValidationError, what: str = "the recipe") -> str:
+    lines = [f"{source}: {error.error_count()} problem(s) in {what}"]
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
@@ -549,6 +636,18 @@ def recipe_from_dict(data: Any, source: str = "<recipe>", output_dir: str | None
         return Recipe.model_validate(data)
     except ValidationError as error:
         raise RecipeError(_format_errors(source, error)) from None
+
+
+SectionT = TypeVar("SectionT", bound=Strict)
+
+
+def with_overrides(section: SectionT, changes: dict[str, Any], source: str) -> SectionT:
+    """A copy of a recipe section with some fields replaced and validated again (command-line flags
+    over a recipe block); errors name the field, as for a recipe file."""
+    try:
+        return type(section).model_validate({**section.model_dump(), **changes})
+    except ValidationError as error:
+        raise RecipeError(_format_errors(source, error, "these settings")) from None
 
 
 def load_recipe(name_or_path: str | Path, output_dir: str | None = None) -> Recipe:

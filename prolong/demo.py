@@ -130,9 +130,7 @@ def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: s
     with clock.phase("eval", f"{', '.join(spec.eval.tasks)} at {', '.join(format_count(n) for n in spec.eval.lengths)}"):
         summaries = {}
         for label, path in compared.items():
-            summaries[label] = run_eval(str(path), tasks=spec.eval.tasks, lengths=spec.eval.lengths,
-                                        out_dir=str(run_dir / "eval" / path.parent.name),
-                                        num_examples=spec.eval.num_examples, seed=spec.seed)
+            summaries[label] = run_eval(path, spec.eval, run_dir / "eval" / path.parent.name)
 
     ppl_len = max(s.seq_len for s in spec.stages if s.kind == "pretrain") // 2
     with clock.phase("perplexity", f"loss by position over {format_count(ppl_len)}-token documents"):

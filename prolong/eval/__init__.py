@@ -1,8 +1,9 @@
 """Long-context evaluation: HELMET/RULER tasks, metrics, generation engine, reports and plots.
 
+    from prolong.config import EvalSpec
     from prolong.eval import run_eval, make_eval_callback
-    summary = run_eval("ckpt/", tasks="recall,rag", lengths="8k,32k", data_dir="helmet_data/")
-    hook = make_eval_callback("recall", [8192], every_n_steps=500, out_dir="run/eval", num_examples=20)
+    summary = run_eval("ckpt/", EvalSpec(tasks=["recall", "rag"], lengths=["8K", "32K"], data_dir="helmet_data/"))
+    hook = make_eval_callback(EvalSpec(tasks=["recall"], lengths=[8192], every_n_steps=500), "run/eval")
     metrics = hook(model, tokenizer, step)  # {} unless step % 500 == 0
 
 Modules: protocol (templates, rendering, truncation), synthetic + words (generated tasks), helmet_files

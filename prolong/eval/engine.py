@@ -199,8 +199,24 @@ class VLLMEngine:
         return [Generation(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outs]
 
 
-def vllm_available() -> bool:
-    """True when vLLM can be imported and a GPU is present."""
+def resolve_engine(choice: str) -> str:
+    """The generation engine that `eval.engine` (auto, hf, vllm) means here: "hf" or "vllm".
+
+    auto: vllm when it can be imported and a GPU is present, else hf. A forced vllm that cannot run is
+    an error, never a silent fallback (the engines decode with different kernels).
+    """
     import importlib.util
 
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    if choice not in ("auto", "hf", "vllm"):
+        raise ValueError(f"unknown eval engine {choice!r}; choose auto, hf or vllm")
+    installed, gpu = importlib.util.find_spec("vllm") is not None, torch.cuda.is_available()
+    if choice == "auto":
+        return "vllm" if installed and gpu else "hf"
+    if choice == "vllm" and not (installed and gpu):
+        from prolong.errors import UserError
+
+        raise UserError(
+            f"eval.engine: vllm needs the vllm package (installed: {'yes' if installed else 'no'}) and a CUDA "
+            f"GPU (present: {'yes' if gpu else 'no'}); install vllm on a GPU machine, or use --engine hf or auto"
+        )
+    return choice

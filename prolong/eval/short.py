@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from prolong.config import EvalSpec
 from prolong.errors import UserError
 
-SHORT_TASKS = ["hellaswag", "mmlu", "arc_challenge", "winogrande", "gsm8k"]
 # lm-eval config file of each task that local files can replace (MMLU is a group of 57 configs).
 _BUILTIN_YAML = {
     "hellaswag": "hellaswag/hellaswag.yaml",
@@ -39,7 +39,7 @@ def local_task_yamls(data_dir: Path, tasks: list[str], yaml_dir: Path) -> list[s
     names = []
     for task in tasks:
         if task not in _BUILTIN_YAML:
-            raise UserError(f"local files for {task} need your own task YAMLs: pass tasks_dir "
+            raise UserError(f"local files for {task} need your own task YAMLs: give short_tasks_dir (--tasks-dir) "
                             f"(lm-eval YAMLs with dataset_path: json); local files work for {sorted(_BUILTIN_YAML)}")
         files = {split: str(data_dir / task / f"{split}.jsonl") for split in ("train", "validation", "test")
                  if (data_dir / task / f"{split}.jsonl").exists()}
@@ -58,10 +58,13 @@ def local_task_yamls(data_dir: Path, tasks: list[str], yaml_dir: Path) -> list[s
     return names
 
 
-def run_short(model: Any, tasks: list[str] | None = None, tokenizer: Any = None, data_dir: str | None = None, tasks_dir: str | None = None,
-              limit: int | None = None, batch_size: int = 8, num_fewshot: int | None = None,
-              device: str | None = None) -> dict[str, dict[str, float]]:
-    """lm_eval.simple_evaluate on a model path or an in-memory HF model; {task: {metric: value}}."""
+def run_short(model: Any, spec: EvalSpec, tokenizer: Any = None, batch_size: int = 8, num_fewshot: int | None = None,
+              device: str | None = None, trust_remote_code: bool = False) -> dict[str, dict[str, float]]:
+    """lm_eval.simple_evaluate of spec.short_tasks on a model path or an in-memory HF model.
+
+    Reads spec.data_dir (local files), spec.short_tasks_dir (your own YAMLs), spec.short_limit and
+    spec.dtype (for a model path). Returns {task: {metric: value}}.
+    """
     lm_eval = _lm_eval()
     import importlib.util
 
@@ -69,7 +72,7 @@ def run_short(model: Any, tasks: list[str] | None = None, tokenizer: Any = None,
 
     if importlib.util.find_spec("accelerate") is None:  # lm-eval's HF backend imports it at load time
         raise UserError("lm-eval's Hugging Face backend needs `accelerate`: pip install accelerate")
-    tasks = tasks or SHORT_TASKS
+    tasks, data_dir, tasks_dir = [t for t in spec.short_tasks if t.strip()], spec.data_dir, spec.short_tasks_dir
     with tempfile.TemporaryDirectory() as tmp:
         include = [tasks_dir] if tasks_dir else []
         names = tasks
@@ -78,13 +81,14 @@ def run_short(model: Any, tasks: list[str] | None = None, tokenizer: Any = None,
             include.append(tmp)
         manager = TaskManager(include_path=include or None)
         if isinstance(model, str):
-            lm, model_args = "hf", {"pretrained": model, "dtype": "auto"}
+            lm = "hf"
+            model_args = {"pretrained": model, "dtype": spec.dtype, "trust_remote_code": trust_remote_code}
         else:
             from lm_eval.models.huggingface import HFLM
 
             lm, model_args = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), None
         results = lm_eval.simple_evaluate(model=lm, model_args=model_args, tasks=names, task_manager=manager,
-                                          limit=limit, batch_size=batch_size, num_fewshot=num_fewshot,
+                                          limit=spec.short_limit, batch_size=batch_size, num_fewshot=num_fewshot,
                                           device=device, log_samples=False)
     return {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             for task, metrics in (results or {}).get("results", {}).items()}

@@ -2,41 +2,52 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from prolong.config import TinyModel, with_overrides
+from prolong.errors import UserError
 from prolong.model.io import count_parameters, init_model, load_model
+
+
+def _default(field: str) -> Any:
+    """TinyModel's default, so the flags and recipes share one set of defaults."""
+    return TinyModel.model_fields[field].default
 
 
 def init(
     out_dir: str,
-    architecture: str = "llama",
-    vocab_size: int = 32000,
-    hidden_size: int = 64,
-    intermediate_size: int = 256,
-    num_hidden_layers: int = 2,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
-    max_position_embeddings: int = 65536,
-    rope_theta: float = 500000.0,
+    architecture: str = _default("architecture"),
+    vocab_size: int | None = None,
+    hidden_size: int = _default("hidden_size"),
+    intermediate_size: int = _default("intermediate_size"),
+    num_hidden_layers: int = _default("num_hidden_layers"),
+    num_attention_heads: int = _default("num_attention_heads"),
+    num_key_value_heads: int = _default("num_key_value_heads"),
+    max_position_embeddings: int = _default("max_position_embeddings"),
+    rope_theta: float = _default("rope_theta"),
     tokenizer: str | None = None,
     seed: int = 0,
 ) -> None:
     """Write a randomly initialised model checkpoint (llama, qwen2 or mistral) to OUT_DIR.
 
-    The directory holds config.json and safetensors weights (plus the tokenizer from --tokenizer when
+    The shape flags are the fields of a recipe's `model.init` block, with the same defaults. The
+    directory holds config.json and safetensors weights (plus the tokenizer from --tokenizer when
     given) and loads with transformers' AutoModelForCausalLM.from_pretrained like any real checkpoint.
+    --vocab-size: default the tokenizer's size rounded up to a multiple of 64 (give one of the two).
     """
-    path = init_model(
-        architecture=architecture,
-        out_dir=out_dir,
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        max_position_embeddings=max_position_embeddings,
-        rope_theta=rope_theta,
-        seed=seed,
-        tokenizer_dir=tokenizer,
-    )
+    if vocab_size is None and tokenizer is None:
+        raise UserError("give --vocab-size or --tokenizer (the vocabulary is sized by the tokenizer)")
+    fields = {
+        "architecture": architecture,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": num_attention_heads,
+        "num_key_value_heads": num_key_value_heads,
+        "max_position_embeddings": max_position_embeddings,
+        "rope_theta": rope_theta,
+    }
+    spec = with_overrides(TinyModel(), fields, "prolong model init")
+    path = init_model(spec, out_dir, seed=seed, vocab_size=vocab_size, tokenizer_dir=tokenizer)
     n_params = count_parameters(load_model(path, attn_implementation="sdpa"))
     print(f"initialised {architecture} model with {n_params:,} parameters at {path}")

@@ -24,6 +24,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from prolong.config import TinyModel
 from prolong.hf_dirs import require_model_dir, require_tokenizer_dir
 from prolong.model.attention import BACKENDS, register_attention
 from prolong.model.rope import YarnScaling, apply_rope_config
@@ -175,23 +176,22 @@ def build_config(
 
 
 def init_model(
-    architecture: str,
+    spec: TinyModel,
     out_dir: str | os.PathLike,
-    vocab_size: int,
-    hidden_size: int,
-    intermediate_size: int,
-    num_hidden_layers: int,
-    num_attention_heads: int,
-    num_key_value_heads: int,
-    max_position_embeddings: int,
-    rope_theta: float,
     seed: int,
+    vocab_size: int | None = None,
     tokenizer_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Write a randomly initialised checkpoint directory (safetensors, config, optional tokenizer)."""
+    """Write a randomly initialised checkpoint of `spec` (safetensors, config, optional tokenizer).
+
+    vocab_size defaults to the tokenizer's size rounded up to a multiple of 64, which keeps the LM
+    head's matmul aligned; without a tokenizer it must be given.
+    """
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
     special: dict[str, Any] = {}
     if tokenizer is not None:
+        if vocab_size is None:
+            vocab_size = -(-len(tokenizer) // 64) * 64
         if len(tokenizer) > vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but vocab_size is {vocab_size}")
         special = {
@@ -199,18 +199,9 @@ def init_model(
             "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
         }
-    config = build_config(
-        architecture,
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        max_position_embeddings=max_position_embeddings,
-        rope_theta=rope_theta,
-        **special,
-    )
+    if vocab_size is None:
+        raise ValueError("give vocab_size or a tokenizer to size the vocabulary by")
+    config = build_config(vocab_size=vocab_size, **spec.model_dump(), **special)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return save_model(model, tokenizer, out_dir)

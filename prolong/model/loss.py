@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
+from prolong.errors import UserError
 from prolong.model.batch import IGNORE_INDEX, PackedBatch, attention_kwargs
 
 
@@ -28,8 +29,29 @@ def _chunk_loss_sum(
     return F.cross_entropy(logits_CV, labels_C, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def _liger_available(device: torch.device) -> bool:
-    return device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+LOSS_KERNELS = ("chunked", "liger")
+
+
+def resolve_loss_kernel(choice: str, device: torch.device | str) -> str:
+    """The cross-entropy kernel that `training.loss_kernel` (auto, chunked, liger) means on `device`.
+
+    auto: liger when liger-kernel is installed and the device is CUDA, else chunked. A forced liger
+    that cannot run here is an error, never a silent fallback (the two sum in different orders).
+    """
+    device = torch.device(device)
+    liger_runs = device.type == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+    if choice == "auto":
+        return "liger" if liger_runs else "chunked"
+    if choice not in LOSS_KERNELS:
+        raise ValueError(f"unknown loss kernel {choice!r}; choose auto, {' or '.join(LOSS_KERNELS)}")
+    if choice == "liger" and not liger_runs:
+        installed = importlib.util.find_spec("liger_kernel") is not None
+        raise UserError(
+            f"training.loss_kernel: liger needs liger-kernel (installed: {'yes' if installed else 'no'}) "
+            f"and a CUDA device (this run: {device.type}); install it with `pip install liger-kernel` on a "
+            "GPU machine, or set loss_kernel to chunked or auto"
+        )
+    return choice
 
 
 def chunked_cross_entropy(
@@ -38,14 +60,14 @@ def chunked_cross_entropy(
     labels_T: torch.Tensor,
     chunk_tokens: int = 2048,
     softcap: float | None = None,
-    fused: bool | None = None,
+    kernel: str = "chunked",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of cross-entropy over labels != -100 of `hidden_TD @ weight_VD.T`, and the number of such labels.
 
     Each chunk of `chunk_tokens` rows computes its logits under activation checkpointing, so forward and
     backward hold at most [chunk_tokens, V] logits at a time; accumulation is in float32. `labels_T` are
-    already shifted (label t is predicted from position t). fused=None uses liger-kernel's fused linear
-    cross-entropy on CUDA when installed; fused=False forces the chunked path.
+    already shifted (label t is predicted from position t). kernel="liger" uses liger-kernel's fused
+    linear cross-entropy instead (CUDA; pick it with resolve_loss_kernel, never implicitly).
     """
     if hidden_TD.dim() != 2 or labels_T.dim() != 1 or hidden_TD.shape[0] != labels_T.shape[0]:
         raise ValueError(
@@ -53,10 +75,11 @@ def chunked_cross_entropy(
         )
     if chunk_tokens <= 0:
         raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    if kernel not in LOSS_KERNELS:
+        raise ValueError(f"kernel must be one of {LOSS_KERNELS} (resolve 'auto' first), got {kernel!r}")
     labels_T = labels_T.to(hidden_TD.device)
     num_valid = (labels_T != IGNORE_INDEX).sum()
-    use_fused = _liger_available(hidden_TD.device) if fused is None else fused
-    if use_fused:
+    if kernel == "liger":
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
         loss = liger_fused_linear_cross_entropy(
@@ -114,12 +137,12 @@ class CausalLMWithChunkedLoss(nn.Module):
     submodule of an FSDP-wrapped model directly would skip the root's pre-forward unshard.
     """
 
-    def __init__(self, model: PreTrainedModel, chunk_tokens: int = 2048, fused: bool | None = None) -> None:
+    def __init__(self, model: PreTrainedModel, chunk_tokens: int = 2048, kernel: str = "chunked") -> None:
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
-        self.fused = fused
+        self.kernel = kernel
 
     def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss_sum, num_valid) for one packed micro-batch."""
-        return causal_lm_loss(self.model, batch, chunk_tokens=self.chunk_tokens, fused=self.fused)
+        return causal_lm_loss(self.model, batch, chunk_tokens=self.chunk_tokens, kernel=self.kernel)

@@ -29,7 +29,7 @@ from prolong.data.mixture import StageMixture
 from prolong.errors import UserError
 from prolong.model.attention import register_attention
 from prolong.model.io import init_model, load_model, load_tokenizer, parse_dtype, save_model
-from prolong.model.loss import CausalLMWithChunkedLoss
+from prolong.model.loss import CausalLMWithChunkedLoss, resolve_loss_kernel
 from prolong.model.rope import apply_rope_config, set_model_rope
 from prolong.parallel.mesh import ParallelMesh, validate_sequence_parallel
 from prolong.parallel.parallelize import hf_model_of, parallelize, stage_activation_policy
@@ -110,24 +110,11 @@ def validate_run(recipe: Recipe, stages: list[StageSpec], world_size: int) -> No
         stage_activation_policy(recipe.training, stage, recipe.stages.index(stage))  # offload needs AC
 
 
-def ensure_init_model(recipe: Recipe, mesh: ParallelMesh, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Write the tiny recipe's random model once (rank 0), seeded by the recipe."""
+def ensure_init_model(recipe: Recipe, mesh: ParallelMesh) -> None:
+    """Write the tiny recipe's random model once (rank 0), seeded by the recipe, sized by its tokenizer."""
     spec, out = recipe.model.init, Path(recipe.output_dir) / "init"
     if spec is not None and mesh.is_main and not (out / "config.json").is_file():
-        init_model(
-            architecture=spec.architecture,
-            out_dir=out,
-            vocab_size=-(-len(tokenizer) // 64) * 64,  # a multiple of 64 keeps the LM head matmul aligned
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_hidden_layers,
-            num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads,
-            max_position_embeddings=spec.max_position_embeddings,
-            rope_theta=spec.rope_theta,
-            seed=recipe.seed,
-            tokenizer_dir=tokenizer_dir(recipe),
-        )
+        init_model(spec, out, seed=recipe.seed, tokenizer_dir=tokenizer_dir(recipe))
     mesh.barrier()
 
 
@@ -172,7 +159,9 @@ def build_model(
             model = AutoModelForCausalLM.from_config(
                 config, dtype=torch.float32, attn_implementation=attn_implementation, trust_remote_code=trust
             )
-    wrapped = CausalLMWithChunkedLoss(model, chunk_tokens=recipe.training.loss_chunk_tokens)
+    wrapped = CausalLMWithChunkedLoss(
+        model, chunk_tokens=recipe.training.loss_chunk_tokens, kernel=recipe.training.loss_kernel
+    )
     full_weights = wrapped.state_dict() if mesh.is_main else {}
     param_dtype = parse_dtype(recipe.model.dtype) if mesh.device.type == "cuda" else None
     policy = stage_activation_policy(recipe.training, stage, recipe.stages.index(stage))
@@ -189,15 +178,27 @@ def build_model(
     return wrapped
 
 
+def resolve_installed_choices(recipe: Recipe, mesh: ParallelMesh) -> Recipe:
+    """The recipe with `auto` settings that depend on what is installed (the loss kernel) resolved for
+    this run's device; the choice is printed here and recorded in the stage's recipe.yaml."""
+    choice = recipe.training.loss_kernel
+    kernel = resolve_loss_kernel(choice, mesh.device)
+    if mesh.is_main:
+        print(f"loss kernel: {kernel} (training.loss_kernel: {choice})", flush=True)
+    training = recipe.training.model_copy(update={"loss_kernel": kernel})
+    return recipe.model_copy(update={"training": training})
+
+
 def prepare_stage(
     recipe: Recipe, index: int, mesh: ParallelMesh, resume: bool, max_steps: int | None
 ) -> tuple[StageRun, PreTrainedTokenizerBase]:
     """Build model, optimizer and data of stage `index`; restore a checkpoint or carried AdamW state."""
+    recipe = resolve_installed_choices(recipe, mesh)
     stage = recipe.stages[index]
     out = stage_dir(recipe, stage)
     tokenizer = load_tokenizer(tokenizer_dir(recipe))
     if _source_stage_dir(recipe, index) is None:
-        ensure_init_model(recipe, mesh, tokenizer)
+        ensure_init_model(recipe, mesh)
     latest = latest_checkpoint(out / "checkpoints")
     if latest is not None and not resume:
         raise UserError(
@@ -248,7 +249,8 @@ def prepare_stage(
 
 
 def _eval_hook(recipe: Recipe, stage: StageSpec, run: StageRun, tokenizer: PreTrainedTokenizerBase):
-    """A small long-context suite every `eval.every_n_steps` steps at the recipe's eval lengths.
+    """A small long-context suite every `eval.every_n_steps` steps: the recipe's eval block, trimmed by
+    make_eval_callback (at most 10 examples per task and length).
 
     Only in one-process runs: generation on a sharded model would need every rank in lockstep;
     evaluate the stage exports with `prolong eval` instead."""
@@ -262,9 +264,10 @@ def _eval_hook(recipe: Recipe, stage: StageSpec, run: StageRun, tokenizer: PreTr
         return None
     from prolong.eval.runner import make_eval_callback
 
-    callback = make_eval_callback(recipe.eval.tasks, recipe.eval.lengths, every, run.stage_dir / "eval",
-                                  min(recipe.eval.num_examples, 10), recipe.seed, chat=False,
-                                  data_dir=recipe.eval.data_dir)
+    callback = make_eval_callback(recipe.eval, run.stage_dir / "eval")
+    if run.mesh.is_main:
+        print(f"eval every {every} steps: hf engine on the training model (eval.engine applies to `prolong eval`)",
+              flush=True)
 
     def hook(step: int) -> dict:
         if step % every:

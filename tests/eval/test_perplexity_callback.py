@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
+from prolong.config import EvalSpec
 from prolong.eval import make_eval_callback
 from prolong.eval.engine import load_for_generation
 from prolong.eval.perplexity import perplexity_by_position, token_losses
+from prolong.eval.runner import SPEC_FILE
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +44,22 @@ def test_perplexity_buckets(model_and_tokenizer) -> None:
 def test_eval_callback(model_and_tokenizer, tmp_path) -> None:
     model, tokenizer = model_and_tokenizer
     model.train()
-    callback = make_eval_callback(tasks="json_kv,ruler_niah_s_1", lengths=[1024], every_n_steps=5,
-                                  out_dir=tmp_path, num_examples=1)
+    spec = EvalSpec(tasks=["json_kv", "ruler_niah_s_1"], lengths=[1024], every_n_steps=5, num_examples=1,
+                    engine="vllm")
+    callback = make_eval_callback(spec, tmp_path)
     assert callback(model, tokenizer, 3) == {}
     metrics = callback(model, tokenizer, 5)
     assert set(metrics) == {"eval/json_kv@1024", "eval/ruler_niah_s_1@1024"}
     assert model.training and (tmp_path / "step_5" / "json_kv_1024.json").exists()
+    # the suite the hook ran is recorded: hf on the in-memory model, base prompting (chat not set)
+    saved = yaml.safe_load((tmp_path / "step_5" / SPEC_FILE).read_text())["eval"]
+    assert saved["engine"] == "hf" and saved["chat"] is False and saved["tasks"] == spec.tasks
+
+
+def test_eval_callback_trims_the_suite(model_and_tokenizer, tmp_path) -> None:
+    model, tokenizer = model_and_tokenizer
+    spec = EvalSpec(tasks=["ruler_niah_s_1"], lengths=[512], every_n_steps=1, num_examples=25, chat=True)
+    make_eval_callback(spec, tmp_path)(model, tokenizer, 1)
+    saved = yaml.safe_load((tmp_path / "step_1" / SPEC_FILE).read_text())["eval"]
+    assert saved["num_examples"] == 10 and saved["chat"] is True  # at most 10 examples; chat kept when set
+    assert len(json.loads((tmp_path / "step_1" / "ruler_niah_s_1_512.json").read_text())["rows"]) == 10

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from prolong.config import EvalSpec
 from prolong.errors import UserError
 from prolong.eval.short import local_task_yamls, run_short
 
@@ -35,5 +36,6 @@ def test_simple_evaluate_on_local_hellaswag(model_dir, tmp_path) -> None:
     data = tmp_path / "data"
     (data / "hellaswag").mkdir(parents=True)
     (data / "hellaswag" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _hellaswag_rows(4)))
-    results = run_short(str(model_dir), ["hellaswag"], data_dir=str(data), limit=4, batch_size=2, device="cpu")
+    spec = EvalSpec(short_tasks=["hellaswag"], data_dir=str(data), short_limit=4)
+    results = run_short(str(model_dir), spec, batch_size=2, device="cpu")
     assert 0.0 <= results["hellaswag_local"]["acc,none"] <= 1.0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tiny_run import tiny_recipe, write_corpora, write_recipe
 
 from prolong.config import recipe_from_dict
@@ -73,7 +74,8 @@ def test_stages_hand_over_and_export_plain_transformers(full_run: dict) -> None:
         assert (run / stage / "plots" / "loss.png").is_file() and (
             run / stage / "plots" / "throughput.png"
         ).is_file()
-        assert (run / stage / "recipe.yaml").is_file()
+        saved = yaml.safe_load((run / stage / "recipe.yaml").read_text())
+        assert saved["training"]["loss_kernel"] == "chunked"  # `auto` resolved on this CPU run, recorded
         kept = [p.name for p in (run / stage / "checkpoints").iterdir()]
         assert len(kept) <= 2 and f"step_{steps:08d}" in kept
     assert (
@@ -200,3 +202,5 @@ def test_eval_every_n_steps_runs_the_suite_during_training(full_run: dict, tmp_p
     evaluated = [e["step"] for e in events if "eval/ruler_niah_s_1@1024" in e]
     assert evaluated == [2, 4]
     assert (stage_dir / "eval" / "step_2" / "ruler_niah_s_1_1024.json").exists()
+    ran = yaml.safe_load((stage_dir / "eval" / "step_2" / "eval_spec.yaml").read_text())["eval"]
+    assert ran["engine"] == "hf" and ran["num_examples"] == 1 and ran["seed"] == 42  # the recipe's seed
