@@ -35,19 +35,10 @@ def init(
     given) and loads with transformers' AutoModelForCausalLM.from_pretrained like any real checkpoint.
     --vocab-size: default the tokenizer's size rounded up to a multiple of 64 (give one of the two).
     """
+    shape = {name: value for name, value in locals().items() if name in TinyModel.model_fields}
     if vocab_size is None and tokenizer is None:
         raise UserError("give --vocab-size or --tokenizer (the vocabulary is sized by the tokenizer)")
-    fields = {
-        "architecture": architecture,
-        "hidden_size": hidden_size,
-        "intermediate_size": intermediate_size,
-        "num_hidden_layers": num_hidden_layers,
-        "num_attention_heads": num_attention_heads,
-        "num_key_value_heads": num_key_value_heads,
-        "max_position_embeddings": max_position_embeddings,
-        "rope_theta": rope_theta,
-    }
-    spec = with_overrides(TinyModel(), fields, "prolong model init")
+    spec = with_overrides(TinyModel(), shape, "prolong model init")
     path = init_model(spec, out_dir, seed=seed, vocab_size=vocab_size, tokenizer_dir=tokenizer)
     n_params = count_parameters(load_model(path, attn_implementation="sdpa"))
     print(f"initialised {architecture} model with {n_params:,} parameters at {path}")
