@@ -15,6 +15,10 @@ backward), and the compute stream waits for a copy only when it needs it. On CPU
 the "host copy" is a plain copy on the same device and the fetch returns it, so the bookkeeping and the
 math are exercised by the CPU tests (bitwise equal with and without offload).
 CUDA-only calls (streams, events, pinned memory, record_stream) follow the documented torch.cuda API.
+
+Planning (`prolong plan`, fake tensors): no streams, and the host copy of a fake tensor on the CPU
+device (the planner's stand-in for the GPU) is kept on the meta device, so a memory tracker of the
+device does not count it; `stats` says how many host bytes the offload holds.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils.checkpoint import checkpoint
 
 
@@ -68,7 +73,8 @@ class ActivationOffloader:
     stats: OffloadStats = field(default_factory=OffloadStats)
 
     def __post_init__(self) -> None:
-        self._cuda = self.device.type == "cuda"
+        # streams and pinned memory only where CUDA really runs (a planner's fake CUDA tensors have none)
+        self._cuda = self.device.type == "cuda" and torch.cuda.is_available()
         # one side stream for both directions: a prefetch is then ordered after its offload
         self._stream = torch.cuda.Stream(self.device) if self._cuda else None
         self._groups: dict[int, list[weakref.ref[_HostCopy]]] = {}
@@ -99,6 +105,9 @@ class ActivationOffloader:
                 done.record(self._stream)
             # the caching allocator must not hand the tensor's memory out again before the copy ran
             tensor.record_stream(self._stream)
+        elif isinstance(tensor, FakeTensor) and tensor.device.type == "cpu":
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")  # planning: see the top
+            done = None
         else:
             host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu")
             host.copy_(tensor)
@@ -146,6 +155,8 @@ class ActivationOffloader:
                 copy.fetched = copy.host.to(copy.device, non_blocking=True)
                 copy.fetch_done = torch.cuda.Event()
                 copy.fetch_done.record(self._stream)
+        elif copy.host.device.type == "meta":
+            copy.fetched = torch.empty(copy.host.shape, dtype=copy.host.dtype, device=copy.device)
         else:
             copy.fetched = copy.host.to(copy.device)  # same device: the host copy itself
 
