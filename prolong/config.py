@@ -201,8 +201,17 @@ class YarnSpec(Strict):
 class RopeSpec(Strict):
     """Position extrapolation for a stage: a new RoPE base (ProLong) or YaRN (UltraLong)."""
 
-    theta: float | None = Field(None, gt=0, description="new RoPE base frequency")
-    yarn: YarnSpec | None = Field(None, description="YaRN scaling instead of a theta change")
+    theta: float | None = Field(
+        None,
+        gt=0,
+        description="new RoPE base frequency; an existing scaling (Llama-3.1 llama3, Qwen yarn) is kept "
+        "and applies on the new base",
+    )
+    yarn: YarnSpec | None = Field(
+        None,
+        description="YaRN scaling instead of a theta change; replaces a default, llama3 or yarn scaling "
+        "counted from the same original_max_position_embeddings (else refused)",
+    )
 
     @model_validator(mode="after")
     def _one_method(self) -> RopeSpec:
@@ -332,7 +341,9 @@ class TrainingSpec(Strict):
         None, description="tokens per MLP tile; none: about the hidden size, chosen per micro-batch"
     )
     attention_backend: Literal["auto", "varlen", "flash_attn", "sdpa_per_doc"] = Field(
-        "auto", description="document-attention kernel; auto picks the fastest available"
+        "auto",
+        description="document-attention kernel; auto picks the fastest available that computes the "
+        "model's attention exactly (docs/families.md)",
     )
     loss_kernel: Literal["auto", "chunked", "liger"] = Field(
         "auto",

@@ -290,7 +290,7 @@ def _varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, scale, sliding_window, 
 
     # window (left, 0) is causal; transformers' sliding rule kv > q - W means W - 1 keys to the left.
     left = -1 if sliding_window is None else sliding_window - 1
-    return varlen_attn(
+    out = varlen_attn(
         q_THD,
         k_THD,
         v_THD,
@@ -302,10 +302,12 @@ def _varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, scale, sliding_window, 
         window_size=(left, 0),
         enable_gqa=q_THD.shape[1] != k_THD.shape[1],
     )
+    assert isinstance(out, torch.Tensor)  # a tuple only with return_aux
+    return out
 
 
 def _flash_attn(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, scale, sliding_window, softcap) -> torch.Tensor:
-    from flash_attn import flash_attn_varlen_func
+    from flash_attn import flash_attn_varlen_func  # type: ignore[import-not-found]
 
     left = -1 if sliding_window is None else sliding_window - 1
     # flash-attn handles GQA natively when H is a multiple of H_kv; softcap=0 means none.
@@ -508,6 +510,7 @@ _NO_EFFECT_KWARGS = frozenset(
         "past_key_value",
         "position_embeddings",
         "layer_idx",
+        "logits_to_keep",
     }
 )
 _BOUNDARY_KWARGS = frozenset(
@@ -565,9 +568,39 @@ def _check_model_config(family: str, module: torch.nn.Module, packed: bool) -> N
         for layer_type in sorted(set(layer_types) - _PACKABLE_LAYER_TYPES):
             raise UnsupportedAttentionError(
                 f"{family} has {layer_type!r} layers (config.layer_types), which carry state across "
-                "tokens outside attention: packed documents would see each other there. Train it with "
-                "one document per sequence, or use a family whose layers are all attention"
+                "tokens outside attention: packed documents would see each other there. Use "
+                "stages[].attention: cross_document (one causal sequence), or a family whose layers are "
+                "all attention"
             )
+
+
+def check_attention_support(model: torch.nn.Module, documents: bool = True) -> None:
+    """Refuse, before any step runs, a model whose attention prolong cannot compute exactly.
+
+    - Its attention layers do not call transformers' attention registry (is_backend_compatible() is
+      False: bloom's ALiBi, bamba's and other hybrids' layers): prolong's attention would never run, and
+      packed documents would see each other.
+    - Its config defines an attention pattern through masks (chunked attention and the like).
+    - documents (rows of several documents, the `document` batch mode): it has layers that mix tokens
+      outside attention (convolutions, linear attention, state-space layers), which would carry one
+      document into the next. The adapter repeats these config checks at every call, but a model whose
+      attention is never called (all layers convolutional) can only be caught here.
+    Per-call features (windows, soft-capping, sinks, causality, unknown keywords) are checked by the
+    adapter.
+    """
+    from transformers import PreTrainedModel
+
+    hf_model = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
+    if hf_model is None:
+        raise TypeError(f"{type(model).__name__} holds no Hugging Face PreTrainedModel")
+    family = _family(hf_model)
+    if not hf_model.is_backend_compatible():
+        raise UnsupportedAttentionError(
+            f"{family} does not route its attention through transformers' attention registry "
+            "(_supports_attention_backend is False), so prolong's document attention would never be called "
+            "and packed documents would attend to each other; use a family whose attention does"
+        )
+    _check_model_config(family, hf_model, packed=documents)
 
 
 def _call_settings(
@@ -682,7 +715,11 @@ def _make_attention_function(
                 f"{q_len} queries, {kv_len} keys (pass use_cache=False)"
             )
         if not mask_is_trivial:
-            raise ValueError("pass either cu_seq_lens_q or an attention_mask with padding, not both")
+            raise UnsupportedAttentionError(
+                f"{family} passes an attention mask together with the document boundaries (cu_seq_lens_q): "
+                "either the caller padded a packed row, or the family builds its own mask, which prolong "
+                "cannot combine with packing; pass a packed row without attention_mask"
+            )
         if max_seqlen is None:
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         resolved = resolve_backend(backend, query.device, query.dtype, _features(window, cap, sinks), family)

@@ -4,6 +4,16 @@ transformers 5 keeps every RoPE setting in `config.rope_parameters` (a dict with
 for YaRN, factor / original_max_position_embeddings / beta_fast / beta_slow); legacy `rope_theta` and
 `rope_scaling` keys in an old config.json are folded into it on load. We write only `rope_parameters`, so a
 saved checkpoint reloads in plain transformers with the same frequencies.
+
+On a model whose RoPE is already scaled (Llama-3.1's rope_type "llama3", Qwen's "yarn"):
+- a new theta KEEPS the scaling: only the base changes, and the scaling's own parameters apply on top of
+  the new base (what editing rope_theta in config.json does). The scaling is part of how the model was
+  trained; dropping it would change every frequency, not just extend the context.
+- YaRN REPLACES a "default", "yarn" or "llama3" scaling, and must count from the same pretraining length:
+  the existing scaling's original_max_position_embeddings must equal YaRN's (Llama-3.1: 8192, so
+  factor = target length / 8192, as UltraLong does), otherwise it is refused, since the same factor would
+  mean a different model. YaRN over any other scaling (linear, dynamic, longrope, ...) is refused: how
+  the two compose is not defined.
 """
 
 from __future__ import annotations
@@ -73,6 +83,32 @@ def get_rope_theta(config: PretrainedConfig) -> float:
     return float(_rope_dicts(config)[0]["rope_theta"])
 
 
+YARN_REPLACES: tuple[str, ...] = ("default", "yarn", "llama3")
+
+
+def _check_yarn_replaces(params: Mapping[str, Any], yarn: YarnScaling) -> None:
+    """Refuse a YaRN that would not mean what its factor says on top of the model's current scaling."""
+    rope_type = params.get("rope_type", "default")
+    if rope_type not in YARN_REPLACES:
+        raise ValueError(
+            f"rope.yarn on a model whose RoPE is already scaled with rope_type {rope_type!r}: prolong replaces "
+            f"only {list(YARN_REPLACES)} with YaRN, since how YaRN composes with {rope_type!r} is not defined; "
+            "start from a checkpoint with one of those, or use rope.theta"
+        )
+    original = params.get("original_max_position_embeddings")
+    if (
+        rope_type != "default"
+        and original is not None
+        and int(original) != yarn.original_max_position_embeddings
+    ):
+        raise ValueError(
+            f"rope.yarn.original_max_position_embeddings is {yarn.original_max_position_embeddings}, but the "
+            f"model's {rope_type!r} scaling counts from {int(original)} pretrained tokens. YaRN replaces that "
+            f"scaling and must count from the same length: set original_max_position_embeddings: {int(original)} "
+            f"and factor = target length / {int(original)}"
+        )
+
+
 def apply_rope_config(
     config: PretrainedConfig,
     theta: float | None = None,
@@ -81,10 +117,12 @@ def apply_rope_config(
 ) -> PretrainedConfig:
     """Set rope theta and/or YaRN scaling and the maximum length on `config` (in place; also returned).
 
-    theta: new base (keeps the rope type, e.g. a Llama-3.1 "llama3" scaling, unless yarn is given).
+    theta: new base; keeps the rope type and its parameters (a Llama-3.1 "llama3" or Qwen "yarn" scaling
+    applies on top of the new base) unless yarn is given.
     yarn: YarnScaling or a dict with factor, original_max_position_embeddings, beta_fast, beta_slow; replaces
-    any previous scaling. max_position_embeddings: the new trained length (default for YaRN: factor times
-    the original length).
+    a default/yarn/llama3 scaling counted from the same original length, refuses anything else (module
+    docstring). max_position_embeddings: the new trained length (default for YaRN: factor times the
+    original length).
     """
     if theta is not None and theta <= 0:
         raise ValueError(f"rope theta must be positive, got {theta}")
@@ -92,7 +130,11 @@ def apply_rope_config(
         yarn = YarnScaling(**{k: v for k, v in yarn.items() if k != "rope_type"})
     if yarn is not None and yarn.factor < 1:
         raise ValueError(f"YaRN factor must be >= 1, got {yarn.factor}")
-    for params in _rope_dicts(config):
+    rope_dicts = _rope_dicts(config)
+    if yarn is not None:
+        for params in rope_dicts:  # all checked before any is changed
+            _check_yarn_replaces(params, yarn)
+    for params in rope_dicts:
         new_theta = float(theta) if theta is not None else float(params["rope_theta"])
         if yarn is not None:
             params.clear()
@@ -128,7 +170,8 @@ def set_model_rope(
         for name, child in list(parent.named_children()):
             if _is_rotary_embedding(child):
                 fresh = type(child)(config=child.config)
-                setattr(parent, name, fresh.to(device=child.inv_freq.device, dtype=child.inv_freq.dtype))
+                inv_freq = child.get_buffer("inv_freq")
+                setattr(parent, name, fresh.to(device=inv_freq.device, dtype=inv_freq.dtype))
                 rebuilt += 1
     if rebuilt == 0:
         raise ValueError(f"no rotary embedding module found in {type(model).__name__}")

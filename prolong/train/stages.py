@@ -27,7 +27,7 @@ from prolong.config import Recipe, StageSpec, derived_numbers, save_recipe, warm
 from prolong.data.build import resolve_tokenizer
 from prolong.data.mixture import StageMixture
 from prolong.errors import UserError
-from prolong.model.attention import register_attention
+from prolong.model.attention import check_attention_support, register_attention
 from prolong.model.io import init_model, load_model, load_tokenizer, parse_dtype, save_model
 from prolong.model.loss import CausalLMWithChunkedLoss, resolve_loss_kernel
 from prolong.model.rope import apply_rope_config, set_model_rope
@@ -159,6 +159,7 @@ def build_model(
             model = AutoModelForCausalLM.from_config(
                 config, dtype=torch.float32, attn_implementation=attn_implementation, trust_remote_code=trust
             )
+    check_attention_support(model, documents=stage.attention == "document")  # exact or refused, now
     wrapped = CausalLMWithChunkedLoss(
         model, chunk_tokens=recipe.training.loss_chunk_tokens, kernel=recipe.training.loss_kernel
     )

@@ -11,6 +11,7 @@ from transformers import AttentionInterface
 from prolong.model.attention import (
     BACKENDS,
     BackendUnavailableError,
+    UnsupportedAttentionError,
     attention_name,
     available_backends,
     cu_seqlens_from_position_ids,
@@ -22,8 +23,9 @@ from prolong.model.attention import (
 DOC_BACKENDS = [b for b in available_backends() if b != "causal"]
 
 
-def _reference(q_THD, k_THD, v_THD, doc_lens, scale, window=None):
-    """Each document alone with an explicit [L, L] mask and repeated K/V heads (the obvious way)."""
+def _reference(q_THD, k_THD, v_THD, doc_lens, scale, window=None, softcap=None, sinks=None):
+    """Each document alone with an explicit [L, L] mask and repeated K/V heads (the obvious way), with
+    Gemma-2's soft-capping and gpt-oss's sinks written as their eager attention writes them."""
     rep = q_THD.shape[1] // k_THD.shape[1]
     outs, start = [], 0
     for n in doc_lens:
@@ -35,7 +37,13 @@ def _reference(q_THD, k_THD, v_THD, doc_lens, scale, window=None):
         if window is not None:
             mask &= i[None, :] > i[:, None] - window
         scores = (q @ k.transpose(1, 2)) * scale
-        outs.append(torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v)
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        scores = scores.masked_fill(~mask, float("-inf"))
+        if sinks is not None:
+            scores = torch.cat([scores, sinks[:, None, None].expand(-1, n, 1)], -1)
+        probs = torch.softmax(scores, -1)
+        outs.append((probs[..., :n] if sinks is not None else probs) @ v)
         start += n
     return torch.cat(outs, 1).transpose(0, 1)
 
@@ -62,6 +70,165 @@ def test_document_attention_matches_reference_outputs_and_grads(backend, kv_head
     grads = torch.autograd.grad((out * torch.arange(out.numel()).view_as(out).sin()).sum(), (q, k, v))
     ref_grads = torch.autograd.grad((ref * torch.arange(ref.numel()).view_as(ref).sin()).sum(), (q, k, v))
     for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["sdpa_per_doc", "causal"])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("feature", ["softcap", "sinks", "both"])
+def test_softcap_and_sinks_are_exact(backend, kv_heads, window, feature):
+    """Soft-capping and sinks through the explicit-score path equal the eager formulas, outputs and grads
+    (sinks included); the causal backend treats the row as one document."""
+    doc_lens = [5, 1, 9, 4] if backend == "sdpa_per_doc" else [19]
+    q, k, v, cu = _qkv(doc_lens, kv_heads=kv_heads)
+    q = (q * 3).detach().requires_grad_()  # scores of a few units, where a cap of 2 matters
+    sinks = torch.randn(4, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    features = {
+        "softcap": 2.0 if feature in ("softcap", "both") else None,
+        "sinks": sinks if feature in ("sinks", "both") else None,
+    }
+    out = document_attention(q, k, v, cu, 19, 0.3, backend=backend, sliding_window=window, **features)
+    ref = _reference(q, k, v, doc_lens, 0.3, window, **features)
+    plain = _reference(q, k, v, doc_lens, 0.3, window)
+    assert (ref - plain).abs().max() > 1e-2  # the feature matters here
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    inputs = (q, k, v, sinks) if features["sinks"] is not None else (q, k, v)
+    weights = torch.arange(out.numel()).view_as(out).sin()
+    grads = torch.autograd.grad((out * weights).sum(), inputs)
+    ref_grads = torch.autograd.grad((ref * weights).sum(), inputs)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_cuda_backends_refuse_what_they_cannot_compute(monkeypatch):
+    """varlen cannot soft-cap nor take sinks, flash_attn cannot take sinks: a forced one is a clear
+    error naming the family and the argument; auto falls back to a backend that can."""
+    from prolong.model import attention
+
+    monkeypatch.setattr(attention, "_problem", lambda backend, device: None)  # pretend the GPU kernels run
+    bf16 = torch.bfloat16
+    with pytest.raises(
+        UnsupportedAttentionError, match="gemma2 passes `softcap`.*'varlen' cannot.*flash_attn"
+    ):
+        resolve_backend("varlen", "cuda", bf16, frozenset({"softcap"}), family="gemma2")
+    with pytest.raises(UnsupportedAttentionError, match="gpt_oss passes `s_aux`.*'flash_attn' cannot"):
+        resolve_backend("flash_attn", "cuda", bf16, frozenset({"sinks"}), family="gpt_oss")
+    assert (
+        resolve_backend("flash_attn", "cuda", bf16, frozenset({"softcap", "sliding_window"})) == "flash_attn"
+    )
+    assert resolve_backend("auto", "cuda", bf16, frozenset({"sliding_window"})) == "varlen"
+    assert resolve_backend("auto", "cuda", bf16, frozenset({"softcap"})) == "flash_attn"
+    assert resolve_backend("auto", "cuda", bf16, frozenset({"sinks"})) == "sdpa_per_doc"
+
+
+def _call_adapter(**kwargs):
+    q, k, v = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    module = tiny_model("qwen2", 2).model.layers[0].self_attn
+    return AttentionInterface()[register_attention()](module, q, k, v, None, scaling=0.3, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"position_bias": torch.zeros(1)}, "qwen2 .*passes `position_bias`.*does not implement it"),
+        ({"output_attentions": True}, "output_attentions=True"),
+        ({"is_causal": False}, "is_causal=False"),
+        ({"sinks": torch.zeros(1, 4, 6, 1)}, "passes `sinks`"),  # per-token sinks (inkling2): not implemented
+        ({"s_aux": torch.zeros(3)}, "one logit per query head"),
+        ({"softcap": -1.0}, "positive cap"),
+        ({"cu_seq_lens_q": torch.tensor([0, 6]), "cu_seq_lens_k": torch.tensor([0, 3, 6])}, "cu_seq_lens_k"),
+    ],
+)
+def test_adapter_refuses_what_it_does_not_implement(kwargs, message):
+    with pytest.raises(UnsupportedAttentionError, match=message):
+        _call_adapter(**kwargs)
+
+
+def test_adapter_ignores_only_keywords_that_change_nothing():
+    out, _ = _call_adapter(output_attentions=False, use_cache=False, position_ids=None, logits_to_keep=1)
+    assert out.shape == (1, 6, 4, 8)
+
+
+@pytest.mark.parametrize(
+    "arch, overrides",
+    [
+        (
+            "gemma2",
+            {
+                "attn_logit_softcapping": 1.0,
+                "query_pre_attn_scalar": 8,
+                "sliding_window": 3,
+                "layer_types": ["sliding_attention", "full_attention"],
+            },
+        ),
+        (
+            "gpt_oss",
+            {
+                "num_local_experts": 2,
+                "num_experts_per_tok": 1,
+                "sliding_window": 3,
+                "layer_types": ["sliding_attention", "full_attention"],
+            },
+        ),
+    ],
+)
+def test_dense_path_keeps_softcap_sinks_and_windows_in_generation(arch, overrides):
+    """Padded, cached generation (the dense path) of a soft-capped / sinked family equals its eager one."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        arch,
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        initializer_range=0.2,
+        pad_token_id=0,
+        **overrides,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    ids = torch.randint(4, 90, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    kwargs = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "max_new_tokens": 5,
+        "do_sample": False,
+        "pad_token_id": 0,
+    }
+    want_tokens, want_logits = model.generate(**kwargs), model(input_ids=ids, attention_mask=mask).logits
+    model.set_attn_implementation(register_attention())
+    torch.testing.assert_close(
+        model(input_ids=ids, attention_mask=mask).logits[0], want_logits[0], atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        model(input_ids=ids, attention_mask=mask).logits[1, 3:], want_logits[1, 3:], atol=1e-5, rtol=1e-5
+    )
+    assert torch.equal(model.generate(**kwargs), want_tokens)
+
+
+def test_dense_path_with_gradients_uses_the_masked_kernel():
+    """The mask-free prefill merge gives no gradient to its log-sum-exp, so with autograd the dense path
+    takes masked SDPA: gradients equal the bottom-right masked reference."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 5, 8, generator=g).requires_grad_()
+    k, v = (torch.randn(1, 2, 12, 8, generator=g).requires_grad_() for _ in range(2))
+    attention = AttentionInterface()[register_attention()]
+    out, _ = attention(torch.nn.Module(), q, k, v, None, scaling=0.3)
+    mask = torch.ones(5, 12, dtype=torch.bool).tril(diagonal=7)
+    ref = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=mask, scale=0.3
+    )
+    weights = torch.arange(out.numel()).view_as(out).cos()
+    grads = torch.autograd.grad((out * weights).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref.transpose(1, 2) * weights).sum(), (q, k, v))
+    for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 

@@ -142,3 +142,87 @@ def test_legacy_rope_keys_are_read(tmp_path):
     assert loaded.rope_parameters["rope_theta"] == 5e5 and loaded.rope_parameters["rope_type"] == "yarn"
     apply_rope_config(loaded, theta=1e6)
     assert loaded.rope_parameters["rope_theta"] == 1e6 and loaded.rope_parameters["factor"] == 2.0
+
+
+LLAMA31_ROPE = {  # Llama-3.1's rope scaling, with a tiny original length so that 300 tokens exercise it
+    "rope_type": "llama3",
+    "rope_theta": 5e5,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+QWEN_YARN_ROPE = {
+    "rope_type": "yarn",
+    "rope_theta": 1e6,
+    "factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+SCALED = [("llama", 4, LLAMA31_ROPE), ("qwen2", 2, QWEN_YARN_ROPE)]
+
+
+def _scaled_model(arch: str, kv_heads: int, rope: dict):
+    model = tiny_model(arch, kv_heads, attn="sdpa", rope_parameters=dict(rope))
+    assert model.config.rope_parameters["rope_type"] == rope["rope_type"]
+    return model
+
+
+def _reloads_with_same_logits(model, ids, tmp_path) -> None:
+    """The exported checkpoint reloads in plain transformers with the same RoPE and logits."""
+    expected = model(input_ids=ids, use_cache=False).logits
+    save_model(model, None, tmp_path / "ckpt")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", attn_implementation="sdpa")
+    assert reloaded.config.rope_parameters == model.config.rope_parameters
+    torch.testing.assert_close(
+        reloaded(input_ids=ids, use_cache=False).logits, expected, atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("arch, kv_heads, rope", SCALED, ids=["llama3", "qwen-yarn"])
+def test_theta_on_an_already_scaled_model_keeps_the_scaling(tmp_path, arch, kv_heads, rope):
+    """ProLong's theta raise on Llama-3.1 / Qwen-YaRN: the scaling stays, applied on the new base."""
+    model = _scaled_model(arch, kv_heads, rope)
+    ids = torch.randint(0, 96, (1, 300), generator=torch.Generator().manual_seed(0))
+    before = model(input_ids=ids, use_cache=False).logits
+    set_model_rope(model, theta=8e6, max_position_embeddings=2048)
+    assert model.config.rope_parameters == {**rope, "rope_theta": 8e6}
+    after = model(input_ids=ids, use_cache=False).logits
+    assert (after - before).abs().max() > 1e-3  # the new base really changes the model
+    _reloads_with_same_logits(model, ids, tmp_path)
+
+
+@pytest.mark.parametrize("arch, kv_heads, rope", SCALED, ids=["llama3", "qwen-yarn"])
+def test_yarn_replaces_a_scaling_counted_from_the_same_length(tmp_path, arch, kv_heads, rope):
+    """UltraLong's YaRN on Llama-3.1 (and YaRN on Qwen's YaRN): replaced, same original length."""
+    model = _scaled_model(arch, kv_heads, rope)
+    ids = torch.randint(0, 96, (1, 300), generator=torch.Generator().manual_seed(1))
+    before = model(input_ids=ids, use_cache=False).logits
+    set_model_rope(model, yarn=YarnScaling.for_lengths(64, 1024))
+    assert model.config.rope_parameters == {
+        "rope_type": "yarn",
+        "factor": 16.0,
+        "original_max_position_embeddings": 64,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "rope_theta": rope["rope_theta"],
+    }
+    assert model.config.max_position_embeddings == 1024
+    assert (model(input_ids=ids, use_cache=False).logits - before).abs().max() > 1e-3
+    _reloads_with_same_logits(model, ids, tmp_path)
+
+
+def test_yarn_counted_from_another_length_is_refused():
+    config = tiny_config("llama", 4, rope_parameters=dict(LLAMA31_ROPE))
+    with pytest.raises(
+        ValueError, match="'llama3' scaling counts from 64 pretrained tokens.*factor = target length / 64"
+    ):
+        apply_rope_config(config, yarn=YarnScaling.for_lengths(128, 1024))
+    assert config.rope_parameters == LLAMA31_ROPE  # unchanged
+
+
+def test_yarn_over_an_undefined_combination_is_refused():
+    config = tiny_config(
+        "llama", 4, rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}
+    )
+    with pytest.raises(ValueError, match="rope_type 'linear'.*not defined"):
+        apply_rope_config(config, yarn=YarnScaling.for_lengths(64, 1024))
