@@ -1,0 +1,116 @@
+"""`prolong plan`, and the same plan as `prolong train`'s first check."""
+
+from __future__ import annotations
+
+import json as json_module
+import os
+import sys
+
+import psutil
+import torch
+
+from prolong.config import Recipe, StageSpec, format_count, load_recipe
+from prolong.errors import UserError
+from prolong.plan.dry_run import TARGETS, DryRun, Target, dry_run
+from prolong.plan.memory import GIB
+from prolong.plan.model_config import plan_model
+from prolong.plan.report import Capacity, fits, format_plan, parse_memory, plan_json
+from prolong.plan.search import max_lengths
+
+
+def plan(
+    recipe: str,
+    world_size: int = 8,
+    gpu_memory: str = "80GiB",
+    stage: str | None = None,
+    max_length: bool = False,
+    json: bool = False,
+    reserve: float = 0.10,
+    target: str = "cuda",
+) -> int:
+    """Plan a recipe at its real size without GPUs or weights: per-GPU memory of each stage, and a verdict.
+
+    For each stage (all, or --stage NAME[,NAME]) the recipe's model is built from its config.json (the
+    checkpoint's, else model.config: a shipped llama-3-8b, llama-3.1-8b or qwen2.5-7b), wrapped exactly
+    as `prolong train` wraps it (sequence parallelism, activation checkpointing, FSDP2, chunked loss)
+    and trained for one optimizer step of a seq_len sequence on fake tensors, with a fake process group
+    of --world-size ranks (default 8: one node). torch's FSDP2 memory tracker measures the peak per
+    GPU, by category.
+
+    --gpu-memory: memory of one GPU (80GiB, 141GB, ...); --reserve: the share of it kept for what the
+    tracker cannot see (CUDA context, NCCL buffers, allocator fragmentation). --max-length: also the
+    longest seq_len that fits at each sequence-parallel degree (a binary search over dry runs; minutes).
+    --target cpu plans a CPU run instead (float32, the CPU kernels). --json prints one JSON object.
+    Exit status 1 when a stage does not fit. A stage that cannot run at this world size (heads not
+    divisible by the SP degree, a batch that does not split) is an error naming the recipe key.
+    """
+    if target not in TARGETS:
+        raise UserError(f"--target must be one of {TARGETS}, got {target!r}")
+    spec = load_recipe(recipe)
+    capacity = Capacity(parse_memory(gpu_memory), reserve)
+    model = plan_model(spec)
+    stages = [spec.stage(name.strip()) for name in stage.split(",")] if stage else list(spec.stages)
+    results = []
+    all_fit = True
+    for current in stages:
+        run = dry_run(spec, current, world_size, model.config, target)  # type: ignore[arg-type]
+        all_fit &= fits(run, capacity)
+        entry = plan_json(spec.name, model.source, run, capacity)
+        if not json:
+            print(format_plan(spec.name, model.source, run, capacity), flush=True)
+        if max_length:
+            progress = None if json else lambda line: print(line, file=sys.stderr, flush=True)
+            if not json:
+                print(f"longest seq_len that fits ({capacity.usable / GIB:.1f} GiB usable per GPU, world size "
+                      f"{world_size}):", flush=True)
+            lengths = max_lengths(spec, current, world_size, model.config, capacity, target, progress)  # type: ignore[arg-type]
+            entry["max_length"] = [vars(r) for r in lengths]
+            if not json:
+                for r in lengths:
+                    shown = format_count(r.max_seq_len) if r.max_seq_len else "none"
+                    more = " or more" if r.at_least else ""
+                    peak = f" ({r.peak / GIB:.1f} GiB)" if r.max_seq_len else ""
+                    print(f"  sequence parallel {r.sequence_parallel:>3}: {shown}{more}{peak}, "
+                          f"{r.dry_runs} dry runs", flush=True)
+        results.append(entry)
+        if not json:
+            print(flush=True)
+    if json:
+        print(json_module.dumps({"recipe": spec.name, "world_size": world_size, "stages": results}, indent=2))
+    return 0 if all_fit else 1
+
+
+def this_machine() -> tuple[Capacity, Target]:
+    """The memory of one of this machine's devices and what a run here is: a GPU's (CUDA), or on CPU the
+    available host memory shared by the processes of this node (LOCAL_WORLD_SIZE)."""
+    if torch.cuda.is_available():
+        index = int(os.environ.get("LOCAL_RANK", "0"))
+        return Capacity(torch.cuda.get_device_properties(index).total_memory), "cuda"
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return Capacity(psutil.virtual_memory().available // local), "cpu"
+
+
+def check_stages_fit(recipe: Recipe, stages: list[StageSpec], world_size: int) -> list[DryRun]:
+    """`prolong train`'s first check: the plan of each stage at this run's world size on this machine's
+    devices; stops with the plan's numbers when one will not fit (before weights or data are loaded).
+
+    Runs before the real process group exists (a dry run has its own fake one), with the RNG state kept,
+    so the run that follows is the same with and without the check."""
+    capacity, target = this_machine()
+    model = plan_model(recipe)
+    runs = []
+    with torch.random.fork_rng(devices=[]):
+        for stage in stages:
+            run = dry_run(recipe, stage, world_size, model.config, target)
+            if not fits(run, capacity):
+                raise UserError(
+                    format_plan(recipe.name, model.source, run, capacity)
+                    + f"\nstage {stage.name!r} will not fit on this machine's {target} devices; change the "
+                    "stage (sequence_parallel, seq_len, activation policies) or the world size, or pass "
+                    "--no-plan to start anyway"
+                )
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"plan: stage {stage.name!r} needs {run.memory.peak / GIB:.1f} GiB per {target} device "
+                      f"of {capacity.usable / GIB:.1f} usable ({run.seconds:.0f} s dry run)", flush=True)
+            runs.append(run)
+    return runs

@@ -1,0 +1,127 @@
+"""`--max-length`: the longest seq_len of a stage that fits, per sequence-parallel degree.
+
+A binary search over dry runs: the stage with another seq_len and SP degree, everything else as the
+recipe says (model, world size, activation policies, whether gradients accumulate). Memory grows with
+the length, so the answer is the largest length whose dry run fits. A probe that does not fit stops as
+soon as it holds more than the usable memory, so the failing half of the search is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from transformers import PretrainedConfig
+
+from prolong.config import Recipe, StageSpec
+from prolong.errors import UserError
+from prolong.parallel.mesh import validate_sequence_parallel
+from prolong.plan.dry_run import DryRun, Target, dry_run
+from prolong.plan.report import Capacity, fits
+
+GRANULE = 1024  # lengths are searched in whole K tokens
+MAX_SEARCH_TOKENS = 64 * 2**20  # 64M: beyond this the search reports "at least"
+
+
+@dataclass
+class LengthResult:
+    """The longest seq_len that fits at one SP degree (0: not even GRANULE tokens fit)."""
+
+    sequence_parallel: int
+    max_seq_len: int
+    at_least: bool  # the search stopped at MAX_SEARCH_TOKENS with everything fitting
+    peak: int  # per-GPU peak bytes of the dry run at max_seq_len (0 when nothing fits)
+    dry_runs: int
+
+
+def sp_degrees(world_size: int, num_attention_heads: int, num_key_value_heads: int | None) -> list[int]:
+    """The SP degrees 1, 2, 4, ... that this world and model allow."""
+    degrees, sp = [], 1
+    while sp <= world_size:
+        try:
+            validate_sequence_parallel(sp, world_size, num_attention_heads, num_key_value_heads)
+            degrees.append(sp)
+        except UserError:
+            pass
+        sp *= 2
+    return degrees
+
+
+def stage_at(stage: StageSpec, seq_len: int, sp: int, world_size: int, accumulate: bool) -> StageSpec:
+    """`stage` at another length and SP degree; one sequence per data-parallel rank per micro-batch,
+    and two micro-batches when the stage accumulates gradients (dry runs only tell 1 from several)."""
+    per_step = (world_size // sp) * (2 if accumulate else 1)
+    return stage.model_copy(
+        update={
+            "seq_len": seq_len,
+            "sequence_parallel": sp,
+            "tokens_per_step": seq_len * per_step,
+            "mixture": [entry.model_copy(update={"doc_len": None}) for entry in stage.mixture],
+        }
+    )
+
+
+def longest_fitting(
+    probe: Callable[[int], DryRun], capacity: Capacity, start: int, precision: float = 1 / 16
+) -> tuple[int, int, bool, int]:
+    """(longest length that fits, its peak, whether capped, dry runs) over lengths in GRANULE steps.
+
+    Doubles or halves from `start` to bracket the answer, then bisects until the bracket is within
+    `precision` of the fitting end."""
+    runs = 0
+    best, best_peak, too_long = 0, 0, None
+    length = max(GRANULE, start // GRANULE * GRANULE)
+    while True:
+        runs += 1
+        run = probe(length)
+        if fits(run, capacity):
+            best, best_peak = length, run.memory.peak
+            if too_long is not None or length >= MAX_SEARCH_TOKENS:
+                break
+            length *= 2
+        else:
+            too_long = length
+            if best or length == GRANULE:
+                break
+            length = max(GRANULE, length // 2 // GRANULE * GRANULE)
+    while too_long is not None and too_long - best > max(GRANULE, best * precision):
+        middle = (best + too_long) // 2 // GRANULE * GRANULE
+        runs += 1
+        run = probe(middle)
+        if fits(run, capacity):
+            best, best_peak = middle, run.memory.peak
+        else:
+            too_long = middle
+    return best, best_peak, too_long is None, runs
+
+
+def max_lengths(
+    recipe: Recipe,
+    stage: StageSpec,
+    world_size: int,
+    config: PretrainedConfig,
+    capacity: Capacity,
+    target: Target = "cuda",
+    progress: Callable[[str], None] | None = None,
+) -> list[LengthResult]:
+    """For each allowed SP degree, the longest seq_len of `stage` that fits `capacity` at `world_size`."""
+    index = recipe.stages.index(stage)
+    per_rank = stage.sequences_per_step // max(1, world_size // stage.sequence_parallel)
+    accumulate = per_rank > 1
+    results = []
+    heads = config.num_attention_heads
+    for sp in sp_degrees(world_size, heads, getattr(config, "num_key_value_heads", None)):
+
+        def probe(length: int, sp: int = sp) -> DryRun:
+            candidate = stage_at(stage, length, sp, world_size, accumulate)
+            stages = [*recipe.stages[:index], candidate, *recipe.stages[index + 1 :]]
+            run = dry_run(recipe.model_copy(update={"stages": stages}), candidate, world_size, config,
+                          target, limit=capacity.usable)
+            if progress is not None:
+                shown = f"{run.memory.peak / 2**30:.1f} GiB" if run.complete else "over"
+                progress(f"  sp {sp}: {length:,} tokens -> {shown} ({run.seconds:.0f} s)")
+            return run
+
+        best, peak, capped, runs = longest_fitting(probe, capacity, start=stage.seq_len)
+        results.append(LengthResult(sp, best, capped, peak, runs))
+    return results
