@@ -321,6 +321,28 @@ class TrainingSpec(Strict):
 
     checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
+    async_checkpoint: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="write checkpoints in a background thread after a copy to host memory, so the loop "
+        "trains on; auto: on with GPUs, off on CPU",
+    )
+    resume: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="continue a stage from its newest checkpoint that verifies: always; never (refuse when "
+        "it has checkpoints); auto = always when torchrun restarts the workers (TORCHELASTIC_RESTART_COUNT "
+        "> 0), else never. --resume / --no-resume override it",
+    )
+    collective_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="seconds a collective or the process-group start-up waits for the other ranks before "
+        "the run stops, naming the rank, the step and the collective",
+    )
+    flight_recorder: bool = Field(
+        True,
+        description="on GPUs: NCCL's flight recorder keeps each rank's last 2000 collectives and dumps "
+        "them to OUTPUT_DIR/flight_recorder/rank_N when a collective times out",
+    )
     log_every: int = Field(1, gt=0, description="steps between metric lines")
     loss_chunk_tokens: int = Field(2048, gt=0, description="cross-entropy block size (never full logits)")
     max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row that stop the run")

@@ -95,15 +95,24 @@ class Staged:
             self.path.mkdir()
 
     def publish(self) -> Path:
-        """Make the written output visible under `final`, durably; returns `final`."""
-        fsync_tree(self.path)
-        if self.path.is_dir() and self.final.is_dir():
-            os.replace(self.final, self._old)  # a directory cannot be renamed over a non-empty one
-            os.replace(self.path, self.final)
-            shutil.rmtree(self._old, ignore_errors=True)
-        else:
-            os.replace(self.path, self.final)
-        _fsync(self.final.parent)
+        """Make the written output visible under `final`, durably; returns `final`. On an error (a full
+        disk at fsync) the temporary is removed and what was at `final` stays."""
+        try:
+            fsync_tree(self.path)
+            if self.path.is_dir() and self.final.is_dir():
+                os.replace(self.final, self._old)  # a directory cannot be renamed over a non-empty one
+                try:
+                    os.replace(self.path, self.final)
+                except BaseException:
+                    os.replace(self._old, self.final)
+                    raise
+                shutil.rmtree(self._old, ignore_errors=True)
+            else:
+                os.replace(self.path, self.final)
+            _fsync(self.final.parent)
+        except BaseException:
+            self.discard()
+            raise
         self._release()
         return self.final
 

@@ -3,7 +3,9 @@ provably dead (this host, lock free) are removed; a live writer's or another hos
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -81,4 +83,21 @@ def test_another_hosts_leftover_is_kept_unless_the_directory_is_owned(tmp_path: 
     assert publish.remove_leftovers(tmp_path, "shard") == []
     assert other.is_dir()
     assert publish.remove_leftovers(tmp_path, owned=True) == [other]
+    assert publish.leftovers(tmp_path) == []
+
+
+def test_a_failed_sync_removes_the_temporary_and_keeps_what_was_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with publish.staged_dir(tmp_path / "out") as staged:
+        (staged.path / "old.txt").write_text("old")
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"), publish.staged_dir(tmp_path / "out") as staged:
+        (staged.path / "new.txt").write_text("new")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["old.txt"]
     assert publish.leftovers(tmp_path) == []

@@ -9,6 +9,8 @@ sequence-parallel slices, all accumulation micro-batches), counted before the fi
 from __future__ import annotations
 
 import math
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,13 +31,32 @@ from prolong.errors import UserError
 from prolong.model.batch import PackedBatch, make_packed_batch
 from prolong.parallel.mesh import ParallelMesh
 from prolong.parallel.ulysses import sp_shard_batch
-from prolong.train.checkpoint import save_checkpoint
+from prolong.train.checkpoint import Checkpointer
 from prolong.train.metrics import MetricsWriter, peak_flops, peak_memory_bytes, training_flops
 from prolong.train.schedule import lr_at, set_lr
 
 
 class TrainingStopped(UserError):
     """The run stopped on purpose (too many non-finite steps); a checkpoint was written first."""
+
+
+class StepFailed(RuntimeError):
+    """A step of a multi-process run failed: most often a collective that timed out or lost a peer."""
+
+
+def use_async_checkpoint(training: TrainingSpec, device: torch.device) -> bool:
+    """training.async_checkpoint resolved: auto is on with GPUs (a synchronous save stalls them all)."""
+    return training.async_checkpoint == "on" or (training.async_checkpoint == "auto" and device.type == "cuda")
+
+
+def step_failure(mesh: ParallelMesh, step: int, training: TrainingSpec, error: BaseException) -> str:
+    """The message of a failed step: rank, step and the collective it was in, then the cause."""
+    cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"rank {mesh.rank} of {mesh.world_size} failed in step {step + 1} during {mesh.last_collective} "
+        f"(training.collective_timeout_s = {training.collective_timeout_s:g}): {cause}. When a rank dies or "
+        "hangs, the others stop here; the log of the rank that stopped first says why."
+    )
 
 
 @dataclass
@@ -109,6 +130,7 @@ def accumulate_gradients(model: nn.Module, batches: list[PackedBatch], mesh: Par
     loss_sum = torch.zeros((), dtype=torch.float64, device=mesh.device)
     for batch in batches:
         local = sp_shard_batch(batch, mesh.sp_rank, mesh.sp_size).to(mesh.device)
+        mesh.last_collective = "forward/backward (FSDP all-gathers and reduce-scatters, SP all-to-alls)"
         micro_loss_sum, _ = model(local)
         (micro_loss_sum * scale).backward()
         loss_sum += micro_loss_sum.detach().double()
@@ -129,6 +151,7 @@ def train_step(
     Every rank sees the same all-reduced loss and gradient norm, so all ranks skip together.
     """
     result = accumulate_gradients(model, batches, mesh)
+    mesh.last_collective = "the gradient-norm all_reduce"
     result.grad_norm = _global_grad_norm(model, grad_clip)
     result.skipped = (
         not (math.isfinite(result.loss) and math.isfinite(result.grad_norm)) or result.num_valid_tokens == 0
@@ -145,6 +168,37 @@ def step_batches(run: StageRun, step: int) -> list[PackedBatch]:
     indices = run.data.indices_for_step(step, run.stage.sequences_per_step)
     mine = run.data.rank_share(indices, run.mesh.dp_rank, run.mesh.dp_size, run.training.reorder_microbatches)
     return [sequence_to_batch(run.data[i], run.stage.attention, run.mesh.sp_size) for i in mine]
+
+
+class _HangWatch:
+    """Names the rank, step and collective when a step waits longer than the collective timeout. gloo
+    then raises (StepFailed names the same), but NCCL's watchdog ends the process without a Python
+    traceback, so this line, printed first, is the one that says where each rank was."""
+
+    def __init__(self, mesh: ParallelMesh, timeout_s: float) -> None:
+        self.mesh, self.timeout_s = mesh, timeout_s
+        self.step = 0
+        self.started: float | None = None  # time.monotonic() when the running step began
+        self.stopped = threading.Event()
+        if mesh.world_size > 1:
+            threading.Thread(target=self._watch, name="hang-watch", daemon=True).start()
+
+    def begin(self, step: int) -> None:
+        self.step, self.started = step, time.monotonic()
+
+    def end(self) -> None:
+        self.started = None
+
+    def _watch(self) -> None:
+        warned = None
+        while not self.stopped.wait(min(10.0, self.timeout_s / 20)):
+            started = self.started
+            # at 90% of the timeout: before NCCL's watchdog ends the process
+            if started is not None and started != warned and time.monotonic() - started > 0.9 * self.timeout_s:
+                warned = started
+                print(f"rank {self.mesh.rank} of {self.mesh.world_size}: step {self.step + 1} has run for "
+                      f"{time.monotonic() - started:.0f} s, now in {self.mesh.last_collective}; collectives time "
+                      f"out after {self.timeout_s:g} s (training.collective_timeout_s)", file=sys.stderr, flush=True)
 
 
 class _Reporter:
@@ -205,17 +259,31 @@ def run_stage(run: StageRun) -> None:
     mesh, training, stage = run.mesh, run.training, run.stage
     bad_in_a_row = int(run.trainer_state.get("bad_steps_in_a_row", 0))
     step_times: list[float] = []
+    asynchronous = use_async_checkpoint(training, mesh.device)
+    reporter.event(f"checkpoints: {'asynchronous' if asynchronous else 'synchronous'} "
+                   f"(training.async_checkpoint: {training.async_checkpoint})")
+    run.trainer_state.update(async_checkpoint=asynchronous)
+    checkpointer = Checkpointer(run.checkpoint_dir, mesh, training.keep_checkpoints, asynchronous,
+                                training.collective_timeout_s)
 
     def checkpoint(done: int) -> Path:
-        return save_checkpoint(run.checkpoint_dir, done, run.model, run.optimizer, run.trainer_state, mesh,
-                               training.keep_checkpoints)
+        return checkpointer.save(done, run.model, run.optimizer, run.trainer_state)
 
+    watch = _HangWatch(mesh, training.collective_timeout_s)
+    finished = False
     try:
         for step in range(run.start_step, run.num_steps):
             started = time.perf_counter()
             batches = step_batches(run, step)
             lr = lr_at(step, run.num_steps, run.warmup_steps, stage.lr, stage.min_lr)
-            result = train_step(run.model, run.optimizer, batches, mesh, lr, run.optim_spec.grad_clip)
+            watch.begin(step)
+            try:
+                result = train_step(run.model, run.optimizer, batches, mesh, lr, run.optim_spec.grad_clip)
+            except RuntimeError as error:
+                if mesh.world_size == 1:
+                    raise
+                raise StepFailed(step_failure(mesh, step, training, error)) from error
+            watch.end()
             if mesh.device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - started
@@ -253,6 +321,7 @@ def run_stage(run: StageRun) -> None:
             )
             if bad_in_a_row >= training.max_bad_steps:
                 path = checkpoint(done)
+                checkpointer.wait()
                 raise TrainingStopped(
                     f"stage {stage.name!r} stopped at step {done}: {bad_in_a_row} steps in a row had a non-finite "
                     f"loss or gradient (last loss {result.loss}, grad norm {result.grad_norm}). Checkpoint: {path}. "
@@ -263,5 +332,10 @@ def run_stage(run: StageRun) -> None:
                                step=done, **scores)
             if done % training.checkpoint_every == 0 or done == run.num_steps:
                 checkpoint(done)
+        checkpointer.close()  # the last checkpoint is published before the stage's export
+        finished = True
     finally:
+        watch.stopped.set()
         reporter.close()
+        if not finished:  # a background save still in flight is left unpublished: the last one stands
+            checkpointer.abandon()

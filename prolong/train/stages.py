@@ -33,9 +33,10 @@ from prolong.model.loss import CausalLMWithChunkedLoss, resolve_loss_kernel
 from prolong.model.rope import apply_rope_config, set_model_rope
 from prolong.parallel.mesh import ParallelMesh, validate_sequence_parallel
 from prolong.parallel.parallelize import hf_model_of, parallelize, stage_activation_policy
-from prolong.train.checkpoint import latest_checkpoint, load_checkpoint, load_optimizer_state
+from prolong.train.checkpoint import checkpoint_dirs, load_optimizer_state, resumable_checkpoint
 from prolong.train.loop import StageRun
 from prolong.train.metrics import plot_stage
+from prolong.train.resume import initial_trainer_state, resume_stage
 from prolong.train.schedule import build_optimizer
 
 
@@ -191,7 +192,12 @@ def resolve_installed_choices(recipe: Recipe, mesh: ParallelMesh) -> Recipe:
 
 
 def prepare_stage(
-    recipe: Recipe, index: int, mesh: ParallelMesh, resume: bool, max_steps: int | None
+    recipe: Recipe,
+    index: int,
+    mesh: ParallelMesh,
+    resume: bool,
+    max_steps: int | None,
+    resume_from: str | None = None,
 ) -> tuple[StageRun, PreTrainedTokenizerBase]:
     """Build model, optimizer and data of stage `index`; restore a checkpoint or carried AdamW state."""
     recipe = resolve_installed_choices(recipe, mesh)
@@ -200,8 +206,7 @@ def prepare_stage(
     tokenizer = load_tokenizer(tokenizer_dir(recipe))
     if _source_stage_dir(recipe, index) is None:
         ensure_init_model(recipe, mesh)
-    latest = latest_checkpoint(out / "checkpoints")
-    if latest is not None and not resume:
+    if checkpoint_dirs(out / "checkpoints") and not resume:
         raise UserError(
             f"stage {stage.name!r} already has checkpoints in {out / 'checkpoints'}; pass --resume to continue "
             "it, or delete the directory to start over"
@@ -223,21 +228,14 @@ def prepare_stage(
         stage_dir=out,
         num_steps=num_steps,
         warmup_steps=warmup,
-        trainer_state={"stage": stage.name, "num_steps": num_steps, "world_size": mesh.world_size},
+        trainer_state=initial_trainer_state(recipe, stage, num_steps, mesh),
     )
     run.eval_hook = _eval_hook(recipe, stage, run, tokenizer)
-    if latest is not None:
-        state = load_checkpoint(latest, model, optimizer, mesh)
-        if state["num_steps"] != num_steps:
-            raise UserError(
-                f"{latest} belongs to a {state['num_steps']}-step schedule, this run has {num_steps} steps; "
-                "resume with the same --max-steps"
-            )
-        run.start_step = state["step"]
-        run.trainer_state.update(bad_steps_in_a_row=state.get("bad_steps_in_a_row", 0))
-    elif stage.carry_optimizer_state:
+    # the newest checkpoint that verifies (or --resume-from); schedule and data shards checked
+    resumed = resume and resume_stage(run, resume_from)
+    if not resumed and stage.carry_optimizer_state:
         source = _source_stage_dir(recipe, index)
-        carried = latest_checkpoint(source / "checkpoints") if source else None
+        carried = resumable_checkpoint(source / "checkpoints", mesh) if source else None
         if carried is None:
             raise UserError(
                 f"stage {stage.name!r} carries the optimizer state, but {source} has no checkpoint"
