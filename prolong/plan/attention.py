@@ -34,7 +34,9 @@ def _refuse(*_: Any) -> Any:
 
 
 @torch.library.custom_op("prolong_plan::flash_forward", mutates_args=())
-def _flash_forward(q_THD: torch.Tensor, k_THD: torch.Tensor, v_THD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _flash_forward(
+    q_THD: torch.Tensor, k_THD: torch.Tensor, v_THD: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     return _refuse()
 
 
@@ -63,7 +65,9 @@ def _(dout_THD, q_THD, k_THD, v_THD, out_THD, lse_HT) -> tuple[torch.Tensor, tor
     return torch.empty_like(q_THD), torch.empty_like(k_THD), torch.empty_like(v_THD)
 
 
-def _setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+def _setup_context(
+    ctx: Any, inputs: tuple[torch.Tensor, ...], output: tuple[torch.Tensor, torch.Tensor]
+) -> None:
     q_THD, k_THD, v_THD = inputs
     out_THD, lse_HT = output
     ctx.save_for_backward(q_THD, k_THD, v_THD, out_THD, lse_HT)

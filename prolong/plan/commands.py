@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json as json_module
 import os
+import subprocess
 import sys
 
 import psutil
 import torch
 
-from prolong.config import Recipe, StageSpec, format_count, load_recipe
+from prolong.config import format_count, load_recipe
 from prolong.errors import UserError
 from prolong.plan.dry_run import TARGETS, DryRun, Target, dry_run
 from prolong.plan.memory import GIB
 from prolong.plan.model_config import plan_model
-from prolong.plan.report import Capacity, fits, format_plan, parse_memory, plan_json
+from prolong.plan.report import Capacity, dry_run_from_json, fits, format_plan, parse_memory, plan_json, size
 from prolong.plan.search import max_lengths
 
 
@@ -61,8 +62,11 @@ def plan(
         if max_length:
             progress = None if json else lambda line: print(line, file=sys.stderr, flush=True)
             if not json:
-                print(f"longest seq_len that fits ({capacity.usable / GIB:.1f} GiB usable per GPU, world size "
-                      f"{world_size}):", flush=True)
+                print(
+                    f"longest seq_len that fits ({capacity.usable / GIB:.1f} GiB usable per GPU, world size "
+                    f"{world_size}):",
+                    flush=True,
+                )
             lengths = max_lengths(spec, current, world_size, model.config, capacity, target, progress)  # type: ignore[arg-type]
             entry["max_length"] = [vars(r) for r in lengths]
             if not json:
@@ -70,8 +74,11 @@ def plan(
                     shown = format_count(r.max_seq_len) if r.max_seq_len else "none"
                     more = " or more" if r.at_least else ""
                     peak = f" ({r.peak / GIB:.1f} GiB)" if r.max_seq_len else ""
-                    print(f"  sequence parallel {r.sequence_parallel:>3}: {shown}{more}{peak}, "
-                          f"{r.dry_runs} dry runs", flush=True)
+                    print(
+                        f"  sequence parallel {r.sequence_parallel:>3}: {shown}{more}{peak}, "
+                        f"{r.dry_runs} dry runs",
+                        flush=True,
+                    )
         results.append(entry)
         if not json:
             print(flush=True)
@@ -90,27 +97,48 @@ def this_machine() -> tuple[Capacity, Target]:
     return Capacity(psutil.virtual_memory().available // local), "cpu"
 
 
-def check_stages_fit(recipe: Recipe, stages: list[StageSpec], world_size: int) -> list[DryRun]:
+def check_stages_fit(recipe: str, stages: list[str], world_size: int) -> list[DryRun]:
     """`prolong train`'s first check: the plan of each stage at this run's world size on this machine's
     devices; stops with the plan's numbers when one will not fit (before weights or data are loaded).
 
-    Runs before the real process group exists (a dry run has its own fake one), with the RNG state kept,
-    so the run that follows is the same with and without the check."""
+    The dry runs run in a `prolong plan` subprocess: the fake world must not share a process with the
+    real run (DTensor caches sharding decisions per mesh shape; prolong.plan.fake.forget_mesh_caches),
+    and the run that follows is then the same with and without the check.
+    """
+    if not stages:
+        return []
     capacity, target = this_machine()
-    model = plan_model(recipe)
+    command = [sys.executable, "-m", "prolong", "plan", recipe, "--stage", ",".join(stages)]
+    command += ["--world-size", str(world_size), "--gpu-memory", f"{capacity.gpu_memory}B"]
+    command += ["--reserve", str(capacity.reserve), "--target", target, "--json"]
+    env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode not in (0, 1):
+        raise UserError(
+            f"the plan of {recipe} failed before training ({' '.join(command)}):\n{result.stderr[-4000:]}"
+        )
+    plan = json_module.loads(result.stdout)
     runs = []
-    with torch.random.fork_rng(devices=[]):
-        for stage in stages:
-            run = dry_run(recipe, stage, world_size, model.config, target)
-            if not fits(run, capacity):
-                raise UserError(
-                    format_plan(recipe.name, model.source, run, capacity)
-                    + f"\nstage {stage.name!r} will not fit on this machine's {target} devices; change the "
-                    "stage (sequence_parallel, seq_len, activation policies) or the world size, or pass "
-                    "--no-plan to start anyway"
-                )
-            if int(os.environ.get("RANK", "0")) == 0:
-                print(f"plan: stage {stage.name!r} needs {run.memory.peak / GIB:.1f} GiB per {target} device "
-                      f"of {capacity.usable / GIB:.1f} usable ({run.seconds:.0f} s dry run)", flush=True)
-            runs.append(run)
+    for entry in plan["stages"]:
+        run = dry_run_from_json(entry)
+        if not fits(run, capacity):
+            raise UserError(
+                format_plan(plan["recipe"], entry["model_source"], run, capacity)
+                + f"\nstage {run.stage!r} will not fit on this machine's {target} devices; change the stage "
+                "(sequence_parallel, seq_len, activation policies) or the world size, or pass --no-plan to "
+                "start anyway"
+            )
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(
+                f"plan: stage {run.stage!r} needs {size(run.memory.peak)} per {target} device of "
+                f"{size(capacity.usable)} usable ({run.seconds:.0f} s dry run)",
+                flush=True,
+            )
+        runs.append(run)
     return runs
+
+
+# torchrun's variables: the planning subprocess is one process of its own
+_DISTRIBUTED_ENV = frozenset(
+    {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"}
+)

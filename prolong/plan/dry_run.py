@@ -118,6 +118,16 @@ def initialise_optimizer_state(
         group["foreach"] = value
 
 
+def _with_layers(config: PretrainedConfig, layers: int | None) -> PretrainedConfig:
+    """A copy of `config` (meta_model writes the stage's rope into it), with `layers` decoder layers."""
+    config = copy.deepcopy(config)
+    if layers is not None:
+        config.num_hidden_layers = layers
+        if getattr(config, "layer_types", None):  # per-layer attention kinds (Qwen2, Mistral, ...)
+            config.layer_types = config.layer_types[:layers]
+    return config
+
+
 def dry_run(
     recipe: Recipe,
     stage: StageSpec,
@@ -126,6 +136,7 @@ def dry_run(
     target: Target = "cuda",
     micro_batches: int = 1,
     limit: int | None = None,
+    layers: int | None = None,
 ) -> DryRun:
     """Build `stage` of `recipe` as `prolong train` does at `world_size` ranks and run one optimizer step
     on fake tensors; returns the per-GPU memory by category (rank 0's, which every rank matches).
@@ -134,7 +145,9 @@ def dry_run(
     "cpu": a CPU run (float32, per-tensor AdamW, the CPU attention kernel), for checks against a real
     step on this machine. micro_batches: 1 runs the last micro-batch of the step (see the module
     docstring); n > 1 runs n of them from no gradients (tests compare the two). limit: stop as soon as
-    the step holds more bytes than this (a search only needs to know it does not fit). Raises RecipeError or
+    the step holds more bytes than this (a search only needs to know it does not fit). layers: build
+    only this many decoder layers: a structural check at full width, length and world size (the CI's;
+    a plan's memory needs them all). Raises RecipeError or
     UserError naming the recipe key for a stage that cannot run.
     """
     if target not in TARGETS:
@@ -157,7 +170,9 @@ def dry_run(
         else:
             attn_implementation, kernel = register_attention(backend), document_attention
             attention = f"{backend} on CPU"
-        model = meta_model(copy.deepcopy(config), stage, attn_implementation, recipe.model.trust_remote_code)
+        model = meta_model(
+            _with_layers(config, layers), stage, attn_implementation, recipe.model.trust_remote_code
+        )
         parameters = sum(p.numel() for p in model.parameters())
         wrapped = wrap_model(recipe, stage, model)
         try:
@@ -175,7 +190,9 @@ def dry_run(
                 # the foreach kernels, whose temporaries span all parameters of a group at once
                 for group in optimizer.param_groups:
                     group["foreach"] = True
-            initialise_optimizer_state(wrapped, optimizer, keep_gradients=accumulation > 1 and micro_batches == 1)
+            initialise_optimizer_state(
+                wrapped, optimizer, keep_gradients=accumulation > 1 and micro_batches == 1
+            )
             tracker = DryRunTracker(wrapped, optimizer, limit=limit)
             complete = True
             try:
@@ -209,4 +226,3 @@ def dry_run(
         seconds=time.perf_counter() - started,
         complete=complete,
     )
-

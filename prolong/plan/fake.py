@@ -52,11 +52,33 @@ def fake_process_group(world_size: int) -> Iterator[None]:
             "a dry run needs its own fake process group, and this process already has one; plan before "
             "joining the real group (prolong train does)"
         )
+    forget_mesh_caches()
     dist.init_process_group("fake", rank=0, world_size=world_size, store=FakeStore())
     try:
         yield
     finally:
         dist.destroy_process_group()
+        forget_mesh_caches()
+
+
+def forget_mesh_caches() -> None:
+    """Clear DTensor's caches of sharding decisions, which hold device meshes.
+
+    A DeviceMesh compares equal to any mesh of the same layout, whatever its process groups and this
+    process's rank in them, so a decision cached in the fake world (where this process is rank 0)
+    would be reused by a real mesh of the same shape on another rank, with the fake mesh inside (a
+    wrong shard offset, a dead group). These are the caches torch 2.13 keeps across calls; some
+    strategy caches inside registered ops cannot be reached, so a real run must not share a process
+    with a dry run of the same mesh shape (`prolong train` plans in a subprocess).
+    """
+    from torch.distributed.tensor._collective_utils import MeshTopoInfo
+    from torch.distributed.tensor._redistribute import _gen_transform_infos
+    from torch.distributed.tensor._sharding_prop import ShardingPropagator
+
+    DTensor._op_dispatcher.sharding_propagator.propagate_op_sharding.cache_clear()
+    ShardingPropagator._propagate_tensor_meta_cached.cache_clear()
+    _gen_transform_infos.cache_clear()
+    MeshTopoInfo.build_from_mesh.cache_clear()
 
 
 @contextlib.contextmanager

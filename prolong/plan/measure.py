@@ -75,7 +75,9 @@ def validation_recipe(case: ValidationCase) -> Recipe:
                 "dtype": "float32",
             },
             "tokenizer": {"train_vocab_size": 4096},
-            "data": {"domains": [{"name": "text", "kind": "long", "sources": [{"type": "jsonl", "path": "-"}]}]},
+            "data": {
+                "domains": [{"name": "text", "kind": "long", "sources": [{"type": "jsonl", "path": "-"}]}]
+            },
             "stages": [
                 {
                     "name": "stage",
@@ -99,7 +101,9 @@ def _persistent_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
     """Bytes of the distinct storages of parameters, buffers, gradients and optimizer state."""
     tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers()]
     tensors += [p.grad for p in model.parameters() if p.grad is not None]
-    tensors += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    tensors += [
+        v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)
+    ]
     storages: dict[int, int] = {}
     for tensor in tensors:
         local = tensor.to_local() if isinstance(tensor, DTensor) else tensor

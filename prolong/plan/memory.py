@@ -69,8 +69,14 @@ class MemoryPlan:
         state = min(optimizer_state, at_peak)
         groups["temporaries"] += at_peak - state
         tracker = {str(kind.value): snapshot.get(kind, 0) for kind in _FSDPRefType}
-        return cls(**groups, optimizer_state=state, peak=snapshot.get("Total", 0), phase=phase, host=host,
-                   tracker=tracker)
+        return cls(
+            **groups,
+            optimizer_state=state,
+            peak=snapshot.get("Total", 0),
+            phase=phase,
+            host=host,
+            tracker=tracker,
+        )
 
     def categories(self) -> dict[str, int]:
         """The six categories in display order (they sum to `peak`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -9,10 +10,21 @@ from typing import Any
 from prolong.config import format_count
 from prolong.errors import UserError
 from prolong.plan.dry_run import DryRun
-from prolong.plan.memory import GIB
+from prolong.plan.memory import GIB, MemoryPlan
 
-_UNITS = {"": 2**30, "g": 2**30, "gib": 2**30, "gb": 10**9, "m": 2**20, "mib": 2**20, "mb": 10**6,
-          "t": 2**40, "tib": 2**40, "tb": 10**12}
+_UNITS = {
+    "b": 1,
+    "": 2**30,
+    "g": 2**30,
+    "gib": 2**30,
+    "gb": 10**9,
+    "m": 2**20,
+    "mib": 2**20,
+    "mb": 10**6,
+    "t": 2**40,
+    "tib": 2**40,
+    "tb": 10**12,
+}
 _LABELS = {
     "parameters": "parameters",
     "gradients": "gradients",
@@ -21,6 +33,10 @@ _LABELS = {
     "temporaries": "temporaries",
     "communication": "communication",
 }
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def parse_memory(text: str, what: str = "--gpu-memory") -> int:
@@ -53,25 +69,24 @@ def fits(run: DryRun, capacity: Capacity) -> bool:
     return run.memory.peak <= capacity.usable
 
 
+def size(nbytes: float) -> str:
+    """A byte count as a person reads it: GiB from 1 GiB, else MiB."""
+    return f"{nbytes / GIB:.1f} GiB" if abs(nbytes) >= GIB else f"{nbytes / 2**20:.1f} MiB"
+
+
 def verdict(run: DryRun, capacity: Capacity) -> str:
     """One line: "fits: ..." or "does not fit: needs X GiB, have Y"."""
-    need, have = run.memory.peak / GIB, capacity.usable / GIB
-    total = capacity.gpu_memory / GIB
+    need, have = run.memory.peak, capacity.usable
+    of = f"{size(capacity.gpu_memory)} less {capacity.reserve:.0%} reserve"
     if fits(run, capacity):
-        return (
-            f"fits: needs {need:.1f} GiB per GPU of {have:.1f} usable ({total:.0f} GiB less "
-            f"{capacity.reserve:.0%} reserve), {have - need:.1f} GiB headroom"
-        )
-    return (
-        f"does not fit: needs {need:.1f} GiB per GPU, have {have:.1f} ({total:.0f} GiB less "
-        f"{capacity.reserve:.0%} reserve)"
-    )
+        return f"fits: needs {size(need)} per GPU of {size(have)} usable ({of}), {size(have - need)} headroom"
+    return f"does not fit: needs {size(need)} per GPU, have {size(have)} ({of})"
 
 
 def format_plan(recipe_name: str, model_source: str, run: DryRun, capacity: Capacity) -> str:
     """The table of one stage's plan, its verdict last."""
     memory = run.memory
-    unit, size = ("GiB", GIB) if memory.peak >= GIB / 4 else ("MiB", 2**20)
+    unit, unit_size = ("GiB", GIB) if memory.peak >= GIB / 4 else ("MiB", 2**20)
     lines = [
         (
             f"{recipe_name} / {run.stage}: world size {run.world_size} = data parallel "
@@ -81,23 +96,23 @@ def format_plan(recipe_name: str, model_source: str, run: DryRun, capacity: Capa
             f"  seq_len {format_count(run.seq_len)}, {run.tokens_per_gpu:,} tokens per GPU per "
             f"micro-batch, gradient accumulation {run.grad_accumulation}"
         ),
-        f"  model: {model_source}, {run.parameters / 1e9:.2f}B parameters; attention: {run.attention}",
+        f"  model: {model_source}, {_count(run.parameters)} parameters; attention: {run.attention}",
         f"  {run.activation_policy}",
         "",
         f"  {'per GPU':<18}{unit:>9}",
     ]
     for name, value in memory.categories().items():
-        lines.append(f"  {_LABELS[name]:<18}{value / size:>9.2f}")
+        lines.append(f"  {_LABELS[name]:<18}{value / unit_size:>9.2f}")
     lines += [
-        f"  {'peak':<18}{memory.peak / size:>9.2f}   (during {memory.phase})",
+        f"  {'peak':<18}{memory.peak / unit_size:>9.2f}   (during {memory.phase})",
         (
-            f"  {'usable':<18}{capacity.usable / size:>9.2f}   ({capacity.gpu_memory / GIB:.0f} GiB less "
+            f"  {'usable':<18}{capacity.usable / unit_size:>9.2f}   ({size(capacity.gpu_memory)} less "
             f"{capacity.reserve:.0%} reserve)"
         ),
-        f"  {'headroom':<18}{(capacity.usable - memory.peak) / size:>9.2f}",
+        f"  {'headroom':<18}{(capacity.usable - memory.peak) / unit_size:>9.2f}",
     ]
     if memory.host:
-        lines.append(f"  {'host memory':<18}{memory.host / size:>9.2f}   (offloaded, per GPU)")
+        lines.append(f"  {'host memory':<18}{memory.host / unit_size:>9.2f}   (offloaded, per GPU)")
     lines += [f"  note: {note}" for note in run.notes]
     lines += [f"  dry run: {run.seconds:.1f} s", verdict(run, capacity)]
     return "\n".join(lines)
@@ -116,3 +131,11 @@ def plan_json(recipe_name: str, model_source: str, run: DryRun, capacity: Capaci
         verdict=verdict(run, capacity),
     )
     return data
+
+
+def dry_run_from_json(entry: dict[str, Any]) -> DryRun:
+    """The DryRun of one stage back from `plan_json` (the output of `prolong plan --json`)."""
+    fields = {f.name for f in dataclasses.fields(DryRun)}
+    values = {k: v for k, v in entry.items() if k in fields}
+    values["memory"] = MemoryPlan(**values["memory"])
+    return DryRun(**values)

@@ -115,8 +115,14 @@ def max_lengths(
         def probe(length: int, sp: int = sp) -> DryRun:
             candidate = stage_at(stage, length, sp, world_size, accumulate)
             stages = [*recipe.stages[:index], candidate, *recipe.stages[index + 1 :]]
-            run = dry_run(recipe.model_copy(update={"stages": stages}), candidate, world_size, config,
-                          target, limit=capacity.usable)
+            run = dry_run(
+                recipe.model_copy(update={"stages": stages}),
+                candidate,
+                world_size,
+                config,
+                target,
+                limit=capacity.usable,
+            )
             if progress is not None:
                 shown = f"{run.memory.peak / 2**30:.1f} GiB" if run.complete else "over"
                 progress(f"  sp {sp}: {length:,} tokens -> {shown} ({run.seconds:.0f} s)")

@@ -110,7 +110,19 @@ def test_cli_json_and_exit_status(tmp_path: Path, capsys) -> None:
     plan = json.loads(capsys.readouterr().out)
     stage = plan["stages"][0]
     assert stage["fits"] and stage["world_size"] == 2 and stage["memory"]["peak"] > 0
-    assert sum(stage["memory"][k] for k in ("parameters", "gradients", "optimizer_state", "activations",
-                                            "temporaries", "communication")) == stage["memory"]["peak"]
+    assert (
+        sum(
+            stage["memory"][k]
+            for k in (
+                "parameters",
+                "gradients",
+                "optimizer_state",
+                "activations",
+                "temporaries",
+                "communication",
+            )
+        )
+        == stage["memory"]["peak"]
+    )
     assert main(["plan", str(path), "--world-size", "2", "--target", "cpu", "--gpu-memory", "1MiB"]) == 1
     assert "does not fit: needs" in capsys.readouterr().out
