@@ -115,7 +115,8 @@ def check_stages_fit(recipe: str, stages: list[str], world_size: int) -> list[Dr
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode not in (0, 1):
         raise UserError(
-            f"the plan of {recipe} failed before training ({' '.join(command)}):\n{result.stderr[-4000:]}"
+            f"the plan of {recipe} failed before training ({' '.join(command)}):\n{result.stderr[-4000:]}\n"
+            "fix what it names, or pass --no-plan to train without the check"
         )
     plan = json_module.loads(result.stdout)
     runs = []

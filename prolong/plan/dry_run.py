@@ -86,14 +86,18 @@ def plan_batch(stage: StageSpec, sp: int) -> PackedBatch:
 
 
 def _planned_recipe(recipe: Recipe, target: Target, notes: list[str]) -> Recipe:
-    """The recipe with the settings a dry run can execute: the chunked loss (liger is a Triton kernel)."""
+    """The recipe with the settings a dry run can execute (the chunked loss: liger is a Triton kernel)
+    and, for a GPU plan, no CPU autocast."""
     choice = recipe.training.loss_kernel
     if choice == "liger" or (choice == "auto" and target == "cuda"):
         notes.append(
             f"training.loss_kernel: {choice}: planned with the chunked loss; on a GPU with liger-kernel "
             "installed the run uses liger's fused loss, whose buffers differ"
         )
-    training = recipe.training.model_copy(update={"loss_kernel": "chunked"})
+    update: dict[str, object] = {"loss_kernel": "chunked"}
+    if target == "cuda" and "cpu_compute_dtype" in type(recipe.training).model_fields:
+        update["cpu_compute_dtype"] = "float32"  # a CPU-only setting: a GPU run computes in model.dtype
+    training = recipe.training.model_copy(update=update)
     return recipe.model_copy(update={"training": training})
 
 

@@ -127,6 +127,7 @@ class DryRunTracker(FSDPMemTracker):
     ) -> None:
         super().__init__(mod, optm)
         self.peak_phase = "none"  # where the peak of the device it stands for happened
+        self._backward_began = False
         self.limit = limit  # stop the step (OverLimit) once the device holds more than this
 
     def _fsdp_state_pre_forward(self, fsdp_mod, orig_fsdp_state_pre_fw):  # type: ignore[no-untyped-def]
@@ -146,6 +147,8 @@ class DryRunTracker(FSDPMemTracker):
         return root_pre_forward
 
     def _update_peak_stats(self, peak_state) -> None:  # type: ignore[no-untyped-def]
+        if self._mod_tracker.is_bw:  # called for every op: remembers that backward has begun
+            self._backward_began = True
         before = self._peak_mem.get(PLAN_DEVICE, 0)
         super()._update_peak_stats(peak_state)
         peak = self._peak_mem.get(PLAN_DEVICE, 0)
@@ -161,7 +164,9 @@ class DryRunTracker(FSDPMemTracker):
             return "backward"
         if self._mod_tracker.parents - {"Global"}:
             return "forward"
-        return "gradient clipping"  # the only tensor work of a step outside the model and the optimizer
+        if self._backward_began:
+            return "gradient clipping"  # the only tensor work between backward and the optimizer
+        return "step start"  # nothing ran yet: parameters, gradients and optimizer state alone
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
