@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["data", "model", "train", "eval", "tiled_mlp", "checkpoint"]  # benchmarks/bench_<area>.py -> results/<area>.md
+ORDER = ["data", "model", "train", "eval", "tiled_mlp", "checkpoint", "plan"]  # benchmarks/bench_<area>.py -> results/<area>.md
 
 HEADER = """# Benchmarks
 

@@ -132,16 +132,19 @@ class ParallelMesh:
     last_collective: str = "none yet"  # what a hang message names; set before each collective we issue
 
     @classmethod
-    def create(cls, sequence_parallel: int = 1) -> ParallelMesh:
-        """Initialise torch.distributed (if needed) and build the dp x sp mesh."""
+    def create(cls, sequence_parallel: int = 1, device_type: str | None = None) -> ParallelMesh:
+        """Initialise torch.distributed (if needed) and build the dp x sp mesh.
+
+        device_type: None picks CUDA when available, else CPU; `prolong plan` asks for "cpu" (it runs on
+        fake CPU tensors, also on a GPU node)."""
         init_distributed()
         world = dist.get_world_size()
         if world % sequence_parallel:
             raise UserError(f"sequence_parallel={sequence_parallel} does not divide the world size {world}")
-        if torch.cuda.is_available():
-            device_type, device = "cuda", torch.device("cuda", torch.cuda.current_device())
-        else:
-            device_type, device = "cpu", torch.device("cpu")
+        if device_type is None:
+            device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        on_cuda = device_type == "cuda"
+        device = torch.device("cuda", torch.cuda.current_device()) if on_cuda else torch.device("cpu")
         # axis groups made here (not by init_device_mesh) so that they get the run's timeout too
         layout = torch.arange(world).reshape(world // sequence_parallel, sequence_parallel)
         dp_group = _axis_group([column.tolist() for column in layout.T])

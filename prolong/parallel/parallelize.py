@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from prolong.errors import UserError
+from prolong.model.attention import DocumentKernel, document_attention
 from prolong.parallel.mesh import ParallelMesh, validate_sequence_parallel
 from prolong.parallel.offload import ActivationOffloader
 from prolong.parallel.tiled_mlp import apply_tiled_mlp, resolve_tiled_mlp
@@ -142,11 +143,13 @@ def parallelize(
     offload_activations: bool = False,
     tiled_mlp: bool = False,
     mlp_tile_tokens: int | None = None,
+    document_kernel: DocumentKernel = document_attention,
 ) -> nn.Module:
     """Make `model` (an HF model or a loss wrapper around one) ready to train on `mesh`; returns it.
 
     - sequence parallelism (mesh.sp_size > 1): the Ulysses attention wrapper becomes the model's
-      attention implementation; batches must then go through `sp_shard_batch`.
+      attention implementation; batches must then go through `sp_shard_batch`. `document_kernel` is the
+      attention it runs after the exchange (prolong plan passes its stand-in for the GPU kernels).
     - activation policies (`apply_activation_policies`): tiled MLP, activation checkpointing (each
       decoder layer recomputes its forward in backward), offload of the checkpointed inputs.
     - FSDP2: `fully_shard` on each decoder layer, then on the root, over all ranks. `param_dtype` (bf16
@@ -162,7 +165,8 @@ def parallelize(
         getattr(config, "num_key_value_heads", None),
     )
     if mesh.sp_size > 1:
-        hf_model.set_attn_implementation(register_ulysses_attention(mesh.sp_group, attention_backend))
+        ulysses = register_ulysses_attention(mesh.sp_group, attention_backend, document_kernel)
+        hf_model.set_attn_implementation(ulysses)
     apply_activation_policies(
         hf_model, mesh.device, activation_checkpointing, offload_activations, tiled_mlp, mlp_tile_tokens
     )

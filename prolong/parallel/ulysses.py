@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from prolong.model.attention import document_attention, register_attention
+from prolong.model.attention import DocumentKernel, document_attention, register_attention
 from prolong.model.batch import PackedBatch
 
 
@@ -85,6 +85,7 @@ def ulysses_attention(
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
     group: dist.ProcessGroup,
+    inner: DocumentKernel = document_attention,
 ) -> torch.Tensor:
     """Document attention over a sequence split across `group`: q [T/sp, H, D] -> the local [T/sp, H, D].
 
@@ -92,10 +93,11 @@ def ulysses_attention(
     prolong.model.attention. The boundaries tell which case a batch is: global (covering sp * T/sp
     tokens: exchange, attend on the whole sequence) or local (every document inside this rank's slice:
     attend locally, no exchange). The causal kernel ignores boundaries, so it always exchanges.
+    `inner` is the kernel attention runs with (prolong plan passes its stand-in for the GPU kernels).
     """
     sp = dist.get_world_size(group)
     if sp == 1 or (backend != "causal" and int(cu_seqlens[-1]) != sp * q_THD.shape[0]):
-        return document_attention(
+        return inner(
             q_THD,
             k_TKD,
             v_TKD,
@@ -116,9 +118,7 @@ def ulysses_attention(
     v = seq_to_heads(v_TKD, group, sp)
     if sinks is not None:  # after the exchange this rank holds query heads [rank * H/sp, (rank + 1) * H/sp)
         sinks = sinks.chunk(sp)[dist.get_rank(group)]
-    out = document_attention(
-        q, k, v, cu_seqlens, max_seqlen, scale, backend, sliding_window, softcap=softcap, sinks=sinks
-    )
+    out = inner(q, k, v, cu_seqlens, max_seqlen, scale, backend, sliding_window, softcap=softcap, sinks=sinks)
     return heads_to_seq(out, group, sp)
 
 
@@ -129,18 +129,22 @@ def ulysses_kernel_name(group: dist.ProcessGroup) -> str:
     return f"ulysses{dist.get_world_size(group)}-pg{label}"
 
 
-def register_ulysses_attention(group: dist.ProcessGroup, backend: str) -> str:
+def register_ulysses_attention(
+    group: dist.ProcessGroup, backend: str, inner: DocumentKernel = document_attention
+) -> str:
     """Register the Ulysses exchange as the document kernel of prolong's attention adapter; returns the
     implementation name (it names the group, see `ulysses_kernel_name`).
 
     The HF attention modules call it with q [1, H, T/sp, D], k/v [1, K, T/sp, D] and the batch's
     keyword arguments (`cu_seq_lens_q`, `max_length_q` from `sp_shard_batch`); a call without those
-    boundaries is refused (require_boundaries), never split by local position ids.
+    boundaries is refused (require_boundaries), never split by local position ids. `inner`: the
+    kernel after the exchange (its name joins the registry name).
     """
+    inner_name = "" if inner is document_attention else f"-{inner.__name__}"
     return register_attention(
         backend,
-        kernel=functools.partial(ulysses_attention, group=group),
-        kernel_name=ulysses_kernel_name(group),
+        kernel=functools.partial(ulysses_attention, group=group, inner=inner),
+        kernel_name=ulysses_kernel_name(group) + inner_name,
         require_boundaries=True,
     )
 
