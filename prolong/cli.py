@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data peek": ("prolong.data.commands:peek", "decode one packed sequence"),
     "data synth": ("prolong.synth.commands:synth", "generate synthetic long instruction data"),
     "train": ("prolong.train.commands:train", "run a recipe's training stages"),
+    "plan": ("prolong.plan.commands:plan", "per-GPU memory of each stage at its real size, without GPUs"),
     "checkpoint verify": ("prolong.train.commands:verify", "check checkpoints against their manifests"),
     "eval": ("prolong.eval.commands:eval", "long-context evaluation (HELMET/RULER)"),
     "eval perplexity": ("prolong.eval.commands:perplexity", "loss by position on long documents"),

@@ -91,6 +91,12 @@ class ModelSpec(Strict):
 
     path: str | None = Field(None, description="local HF checkpoint directory (safetensors)")
     init: TinyModel | None = Field(None, description="build a random model from this config instead")
+    config: str | None = Field(
+        None,
+        description="shape of `path` for `prolong plan` when the checkpoint is not on this machine: a config "
+        "shipped with prolong (llama-3-8b, llama-3.1-8b, qwen2.5-7b) or a config.json path; the "
+        "checkpoint's own config.json wins when present",
+    )
     dtype: Literal["float32", "bfloat16"] = Field("bfloat16", description="parameter/compute dtype on GPU")
     trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint")
 
@@ -98,6 +104,8 @@ class ModelSpec(Strict):
     def _one_source(self) -> ModelSpec:
         if (self.path is None) == (self.init is None):
             raise ValueError("give exactly one of 'path' (a local checkpoint) or 'init' (a tiny config)")
+        if self.config is not None and self.init is not None:
+            raise ValueError("'config' gives the shape of 'path'; an 'init' model has its shape in 'init'")
         return self
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch.distributed as dist
@@ -32,6 +33,7 @@ def train(
     resume: bool | None = None,
     resume_from: str | None = None,
     max_steps: int | None = None,
+    plan: bool = True,
 ) -> None:
     """Run a recipe's training stages: all in order, or only --stage NAME.
 
@@ -48,10 +50,21 @@ def train(
     workers). --resume-from STEP_OR_PATH resumes the first selected stage from that checkpoint, even
     when the stage is finished (newer checkpoints are moved aside). --max-steps N shortens every stage
     to at most N steps, with the LR schedule fitted to the shorter stage (demos and tests).
+
+    Before anything is loaded, each stage is planned at this world size (`prolong plan` on fake tensors,
+    in a subprocess: seconds for tiny models, about a minute per 8B stage): a stage that will not fit in
+    this machine's device memory stops the run with the plan's numbers. --no-plan skips the check.
     """
     spec = load_recipe(recipe)
     selected = [spec.stage(stage)] if stage is not None else list(spec.stages)
     training = spec.training
+    if plan:  # before the process group: a dry run has its own fake one
+        from prolong.plan.commands import check_stages_fit
+
+        to_plan = [
+            s.name for i, s in enumerate(selected) if not is_finished(spec, s) or (i == 0 and resume_from)
+        ]
+        check_stages_fit(recipe, to_plan, int(os.environ.get("WORLD_SIZE", "1")))
     init_distributed(training.collective_timeout_s, Path(spec.output_dir) / "flight_recorder"
                      if training.flight_recorder else None)
     console = Console()

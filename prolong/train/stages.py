@@ -14,6 +14,7 @@ Layout of a run (output_dir from the recipe):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.distributed.checkpoint.state_dict import (
@@ -21,18 +22,29 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     set_model_state_dict,
 )
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from prolong.config import Recipe, StageSpec, derived_numbers, save_recipe, warmup_steps
 from prolong.data.build import resolve_tokenizer
 from prolong.data.mixture import StageMixture
 from prolong.errors import UserError
-from prolong.model.attention import check_attention_support, register_attention
+from prolong.model.attention import (
+    DocumentKernel,
+    check_attention_support,
+    document_attention,
+    register_attention,
+)
 from prolong.model.io import init_model, load_model, load_tokenizer, parse_dtype, save_model
 from prolong.model.loss import CausalLMWithChunkedLoss, resolve_loss_kernel
 from prolong.model.rope import apply_rope_config, set_model_rope
 from prolong.parallel.mesh import ParallelMesh, validate_sequence_parallel
-from prolong.parallel.parallelize import hf_model_of, parallelize, stage_activation_policy
+from prolong.parallel.parallelize import ActivationPolicy, hf_model_of, parallelize, stage_activation_policy
 from prolong.train.checkpoint import checkpoint_dirs, load_optimizer_state, resumable_checkpoint
 from prolong.train.loop import StageRun
 from prolong.train.metrics import plot_stage
@@ -119,6 +131,70 @@ def ensure_init_model(recipe: Recipe, mesh: ParallelMesh) -> None:
     mesh.barrier()
 
 
+def stage_rope_args(config: PretrainedConfig, stage: StageSpec) -> dict[str, Any]:
+    """The rope settings of a stage (keyword arguments of load_model): a new theta or YaRN, and the
+    stage length as max_position_embeddings when it is longer than the model's."""
+    rope = stage.rope
+    return {
+        "rope_theta": rope.theta if rope else None,
+        "yarn": rope.yarn.model_dump() if rope and rope.yarn else None,
+        "max_position_embeddings": None
+        if rope and rope.yarn
+        else max(config.max_position_embeddings, stage.seq_len),
+    }
+
+
+def meta_model(
+    config: PretrainedConfig, stage: StageSpec, attn_implementation: str, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """The stage's model without weights (meta device, float32 master weights): `config` with the stage's
+    rope settings. Ranks other than 0 build this and receive their shards; `prolong plan` builds it too."""
+    rope_args = stage_rope_args(config, stage)
+    apply_rope_config(
+        config,
+        theta=rope_args["rope_theta"],
+        yarn=rope_args["yarn"],
+        max_position_embeddings=rope_args["max_position_embeddings"],
+    )
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(
+            config,
+            dtype=torch.float32,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+
+
+def compute_dtype(recipe: Recipe, device_type: str) -> torch.dtype | None:
+    """The dtype FSDP2 computes in: the recipe's on CUDA; None (the float32 master weights) on CPU."""
+    return parse_dtype(recipe.model.dtype) if device_type == "cuda" else None
+
+
+def wrap_model(recipe: Recipe, stage: StageSpec, model: PreTrainedModel) -> CausalLMWithChunkedLoss:
+    """Refuse a model whose attention prolong cannot compute exactly, then wrap it in the chunked loss."""
+    check_attention_support(model, documents=stage.attention == "document")  # exact or refused, now
+    return CausalLMWithChunkedLoss(
+        model, chunk_tokens=recipe.training.loss_chunk_tokens, kernel=recipe.training.loss_kernel
+    )
+
+
+def parallelize_stage(
+    recipe: Recipe,
+    stage: StageSpec,
+    wrapped: CausalLMWithChunkedLoss,
+    mesh: ParallelMesh,
+    backend: str,
+    param_dtype: torch.dtype | None,
+    document_kernel: DocumentKernel = document_attention,
+) -> ActivationPolicy:
+    """`parallelize` with the stage's activation policy (returned, auto settings resolved)."""
+    policy = stage_activation_policy(recipe.training, stage, recipe.stages.index(stage))
+    parallelize(
+        wrapped, mesh, backend, param_dtype=param_dtype, document_kernel=document_kernel, **policy.kwargs()
+    )
+    return policy
+
+
 def build_model(
     recipe: Recipe, stage: StageSpec, source: Path, mesh: ParallelMesh
 ) -> CausalLMWithChunkedLoss:
@@ -132,14 +208,6 @@ def build_model(
     attn_implementation = register_attention(backend)
     trust = recipe.model.trust_remote_code
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust, local_files_only=True)
-    rope = stage.rope
-    rope_args = {
-        "rope_theta": rope.theta if rope else None,
-        "yarn": rope.yarn.model_dump() if rope and rope.yarn else None,
-        "max_position_embeddings": None
-        if rope and rope.yarn
-        else max(config.max_position_embeddings, stage.seq_len),
-    }
     if mesh.is_main:
         # float32 master weights; GPU compute runs in the recipe dtype through FSDP2's mixed precision
         model = load_model(
@@ -147,29 +215,15 @@ def build_model(
             dtype=torch.float32,
             attn_implementation=attn_implementation,
             trust_remote_code=trust,
-            **rope_args,
+            **stage_rope_args(config, stage),
         )
     else:
-        apply_rope_config(
-            config,
-            theta=rope_args["rope_theta"],
-            yarn=rope_args["yarn"],
-            max_position_embeddings=rope_args["max_position_embeddings"],
-        )
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(
-                config, dtype=torch.float32, attn_implementation=attn_implementation, trust_remote_code=trust
-            )
-    check_attention_support(model, documents=stage.attention == "document")  # exact or refused, now
-    wrapped = CausalLMWithChunkedLoss(
-        model, chunk_tokens=recipe.training.loss_chunk_tokens, kernel=recipe.training.loss_kernel
-    )
+        model = meta_model(config, stage, attn_implementation, trust)
+    wrapped = wrap_model(recipe, stage, model)
     full_weights = wrapped.state_dict() if mesh.is_main else {}
-    param_dtype = parse_dtype(recipe.model.dtype) if mesh.device.type == "cuda" else None
-    policy = stage_activation_policy(recipe.training, stage, recipe.stages.index(stage))
+    policy = parallelize_stage(recipe, stage, wrapped, mesh, backend, compute_dtype(recipe, mesh.device.type))
     if mesh.is_main:
         print(f"stage {stage.name}: {policy.describe()}", flush=True)  # tiled_mlp: auto resolved
-    parallelize(wrapped, mesh, backend, param_dtype=param_dtype, **policy.kwargs())
     if mesh.world_size > 1:
         if not mesh.is_main:
             wrapped.to_empty(device=mesh.device)
