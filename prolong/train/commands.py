@@ -35,7 +35,7 @@ def train(
     max_steps: int | None = None,
     plan: bool = True,
 ) -> None:
-    """Run a recipe's training stages: all in order, or only --stage NAME.
+    """Run a recipe's training stages: all in order, or only --stage NAME (a comma list: NAME,NAME).
 
     One process: `prolong train RECIPE`. Several: `torchrun --nproc_per_node N -m prolong train RECIPE`
     (gloo on CPU, nccl on GPU; across nodes, the same with torchrun's rendezvous flags). Each stage
@@ -56,7 +56,7 @@ def train(
     this machine's device memory stops the run with the plan's numbers. --no-plan skips the check.
     """
     spec = load_recipe(recipe)
-    selected = [spec.stage(stage)] if stage is not None else list(spec.stages)
+    selected = spec.select_stages(stage)
     training = spec.training
     if plan:  # before the process group: a dry run has its own fake one
         from prolong.plan.commands import check_stages_fit
