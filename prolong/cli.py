@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("prolong.eval.commands:eval", "long-context evaluation (HELMET/RULER)"),
     "eval perplexity": ("prolong.eval.commands:perplexity", "loss by position on long documents"),
     "demo": ("prolong.demo:demo", "the whole recipe in miniature, on this machine"),
+    "ablate": ("prolong.ablate:ablate", "paired tiny runs that change one thing of the demo's long stage"),
     "info": ("prolong.recipe_commands:info", "versions, devices and attention backends"),
 }
 

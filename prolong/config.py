@@ -353,6 +353,12 @@ class TrainingSpec(Strict):
     )
     log_every: int = Field(1, gt=0, description="steps between metric lines")
     loss_chunk_tokens: int = Field(2048, gt=0, description="cross-entropy block size (never full logits)")
+    microbatch_tokens: TokenCount | None = Field(
+        None,
+        description="join consecutive packed sequences of a step into micro-batches of up to this many tokens "
+        "(document attention only; each keeps its documents and positions, so the sums are the same), for "
+        "faster short-sequence steps on CPU; none: one sequence per micro-batch",
+    )
     max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row that stop the run")
     reorder_microbatches: bool = Field(True, description="ProLong's minibatch reordering by attention cost")
     offload_activations: bool = Field(
@@ -380,6 +386,12 @@ class TrainingSpec(Strict):
         description="cross-entropy kernel: chunked (blocks of loss_chunk_tokens, any device) or liger "
         "(liger-kernel's fused linear cross-entropy, CUDA); auto: liger when installed on CUDA, else "
         "chunked. The saved recipe.yaml of a stage records the resolved choice",
+    )
+    cpu_compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "float32",
+        description="dtype of the matrix products of CPU training: float32, bfloat16 (autocast; emulated and "
+        "slower than float32 on CPUs without native bf16), or auto: bfloat16 where the CPU has native bf16 "
+        "(AVX512-BF16 or AMX), else float32; printed and recorded resolved. GPUs compute in model.dtype",
     )
 
 

@@ -17,9 +17,11 @@ from typing import Any
 from rich.console import Console
 
 from prolong.config import Recipe, format_count, load_recipe, save_recipe
+from prolong.errors import UserError
 from prolong.publish import write_json
 
-DEFAULT_MINUTES = 10.0
+DEFAULT_MINUTES = 10.0  # the training budget the shipped tiny-demo's step counts are sized for
+RETRIEVAL_DOMAIN = "retrieval"  # the demo corpus' synthetic retrieval documents (prolong.data.retrieval_corpus)
 console = Console()
 
 
@@ -60,7 +62,18 @@ def _long_texts(recipe: Recipe) -> Path:
     return Path(source.path)
 
 
-def _perplexity(models: dict[str, Path], recipe: Recipe, seq_len: int, out: Path) -> dict[str, Any]:
+def perplexity_length(recipe: Recipe) -> int:
+    """Length of the documents loss by position is measured on: the longest evaluation length, or half
+    the longest pretraining length without an evaluation."""
+    if recipe.eval.lengths:
+        return max(recipe.eval.lengths)
+    return max(s.seq_len for s in recipe.stages if s.kind == "pretrain") // 2
+
+
+def perplexity_by_model(models: dict[str, Path], recipe: Recipe, seq_len: int, out: Path,
+                        num_buckets: int = 16, max_docs: int = 8) -> dict[str, Any]:
+    """Loss by position of each model over the same `seq_len`-token documents of the recipe's long
+    prose; cached as OUT/<name>.json (its existence marks the work done)."""
     from prolong.eval.engine import load_for_generation
     from prolong.eval.perplexity import perplexity_by_position, read_texts
 
@@ -73,21 +86,45 @@ def _perplexity(models: dict[str, Path], recipe: Recipe, seq_len: int, out: Path
             continue
         model, tokenizer = load_for_generation(str(path), "float32", "cpu")
         result = perplexity_by_position(model, tokenizer, read_texts(_long_texts(recipe)), seq_len=seq_len,
-                                        last_n=seq_len - 1, num_buckets=16, max_docs=4)
-        write_json(cached, result, indent=1)  # its existence marks the work done
+                                        last_n=seq_len - 1, num_buckets=num_buckets, max_docs=max_docs)
+        write_json(cached, result, indent=1)
         results[name] = result
     return results
 
 
+def check_retrieval_lengths(recipe: Recipe, tokenizer_dir: str) -> int | None:
+    """The longest synthetic retrieval document in tokens, refused when longer than the base stage's
+    sequence length: the retrieval skill is taught only at the base's length, never at the lengths the
+    evaluation tests beyond it. None when the recipe has no retrieval domain."""
+    from prolong.data.retrieval_corpus import longest_document_tokens
+    from prolong.model.io import load_tokenizer
+
+    domain = next((d for d in recipe.data.domains if d.name == RETRIEVAL_DOMAIN), None)
+    if domain is None:
+        return None
+    tokenizer = load_tokenizer(tokenizer_dir)
+    longest = max(longest_document_tokens(source.path, tokenizer) for source in domain.sources)
+    limit = recipe.stages[0].seq_len
+    if longest > limit:
+        raise UserError(
+            f"domain {RETRIEVAL_DOMAIN!r}: a synthetic document has {longest} tokens, more than the base stage's "
+            f"seq_len {limit}; the demo keeps synthetic retrieval within the base's length (shorten the documents "
+            "in prolong.data.retrieval_corpus)"
+        )
+    return longest
+
+
 def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: str = "runs/demo",
-         fresh: bool = False, corpus_mb: int = 24) -> None:
+         fresh: bool = False, corpus_mb: int = 24, seed: int | None = None) -> None:
     """Run the whole ProLong recipe in miniature on this machine (no GPU, no download).
 
     Builds a corpus from what the machine has (Python packages as code repositories, system
-    documentation as prose), trains a tokenizer and a tiny base model at a short length, extends it
-    with the recipe's long-context stages and SFT, evaluates it before and after extension, and writes
-    OUT_DIR/report.md. --minutes scales every stage's steps to a time budget (default about 10 minutes
-    on a 2-core CPU); --recipe runs any tiny recipe the same way; --fresh starts over.
+    documentation as prose, short synthetic retrieval documents), trains a tokenizer and a tiny base
+    model at a short length, extends it with the recipe's long-context stages and SFT, evaluates it
+    before and after extension, and writes OUT_DIR/report.md. --minutes scales every stage's steps
+    (default: the recipe as shipped, about 10 minutes of training on 2 CPU cores); --recipe runs any
+    tiny recipe the same way; --seed N trains with another seed (data order and initialisation; the
+    evaluation examples stay the recipe's); --fresh starts over.
     """
     from prolong.data.build import build_stage, resolve_tokenizer
     from prolong.data.local_corpus import build_local_corpus
@@ -95,14 +132,20 @@ def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: s
     from prolong.train.commands import train
 
     spec = scale_recipe(load_recipe(recipe, output_dir=out_dir), minutes / DEFAULT_MINUTES)
+    if seed is not None:
+        spec = spec.model_copy(update={"seed": seed})
     run_dir = Path(spec.output_dir)
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = run_dir / "recipe.yaml"
+    if recipe_path.exists() and load_recipe(recipe_path).seed != spec.seed:
+        raise UserError(f"{run_dir} holds a run with seed {load_recipe(recipe_path).seed}, not {spec.seed}: "
+                        "use another --out-dir, or --fresh to start over")
     save_recipe(spec, recipe_path)
     clock = PhaseClock()
     started = time.perf_counter()
+    console.print(f"seed {spec.seed}; evaluation examples drawn with seed {spec.eval.seed}")
 
     with clock.phase("corpus", "gather code repositories and prose from this machine"):
         corpus = run_dir / "corpus"
@@ -111,12 +154,17 @@ def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: s
             summary = build_local_corpus(corpus, max_bytes=corpus_mb << 20)
             write_json(summary_path, summary, indent=1)
         for part, numbers in json.loads(summary_path.read_text()).items():
-            console.print(f"  {part:<6} {numbers['rows']:>7,} rows  {numbers['bytes'] / 2**20:6.1f} MiB")
+            console.print(f"  {part:<9} {numbers['rows']:>7,} rows  {numbers['bytes'] / 2**20:6.1f} MiB")
 
     with clock.phase("tokenizer", "train a byte-level BPE on the corpus"):
-        console.print(f"  tokenizer: {resolve_tokenizer(spec)}")
+        tokenizer_dir = resolve_tokenizer(spec)
+        console.print(f"  tokenizer: {tokenizer_dir}")
 
     with clock.phase("data", "tokenize, pack and mix every stage"):
+        longest = check_retrieval_lengths(spec, tokenizer_dir)
+        if longest is not None:
+            console.print(f"  synthetic retrieval documents: at most {longest} tokens "
+                          f"(base length {spec.stages[0].seq_len})")
         for stage in spec.stages:
             build_stage(spec, stage)
 
@@ -132,15 +180,17 @@ def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: s
         for label, path in compared.items():
             summaries[label] = run_eval(path, spec.eval, run_dir / "eval" / path.parent.name)
 
-    ppl_len = max(s.seq_len for s in spec.stages if s.kind == "pretrain") // 2
-    with clock.phase("perplexity", f"loss by position over {format_count(ppl_len)}-token documents"):
-        perplexity = _perplexity({name: exports[name] for name in [first, *long_stages]}, spec, ppl_len,
-                                 run_dir / "perplexity")
+    ppl_len, base_len = perplexity_length(spec), spec.stages[0].seq_len
+    with clock.phase("perplexity", f"loss by position over {format_count(ppl_len)}-token and "
+                                   f"{format_count(base_len)}-token documents"):
+        perplexity = perplexity_by_model({name: exports[name] for name in [first, *long_stages, last]}, spec,
+                                         ppl_len, run_dir / "perplexity")
+        short = perplexity_by_model({name: exports[name] for name in (first, last)}, spec, base_len,
+                                    run_dir / "perplexity" / f"within-{base_len}")
 
     with clock.phase("report", "write report.md and its plots"):
         from prolong.report import write_report
 
         report = write_report(spec, run_dir, summaries, perplexity, clock.seconds,
-                              total_seconds=time.perf_counter() - started)
+                              total_seconds=time.perf_counter() - started, short_perplexity=short)
     print(f"report: {report}", flush=True)  # plain print: rich would wrap a long path
-

@@ -6,6 +6,8 @@ Written as JSONL in the formats the pipeline reads (see the recipe snippet in `b
     prose/docs.jsonl   {source, text}: man pages, /usr/share/doc, licenses; Python docstrings as fallback
     short/short.jsonl  {text}: paragraph-sized documents (a small ShortMix)
     sft/chat.jsonl     {messages}: instruction conversations made from the code (docstrings as answers)
+    retrieval/retrieval.jsonl  {kind, text}: short synthetic retrieval and copy documents
+                       (prolong.data.retrieval_corpus), haystacks from the prose, words from the code
 Traversal is sorted and sizes are capped, so the output is the same on a given machine.
 """
 
@@ -16,16 +18,20 @@ import json
 import re
 import sys
 import sysconfig
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from prolong.data.retrieval_corpus import retrieval_documents
 from prolong.data.text_files import read_text_file
 from prolong.errors import UserError
 
 CODE_SUFFIXES = {".py", ".pyi", ".txt", ".rst", ".md", ".cfg", ".toml", ".ini", ".c", ".h", ".json"}
 MAX_FILE_BYTES = 256 << 10
 MAX_REPO_BYTES = 2 << 20  # so one huge package (torch) does not become the whole corpus
-SHARES = {"code": 0.5, "prose": 0.3, "short": 0.1, "sft": 0.1}
+SHARES = {"code": 0.45, "prose": 0.3, "short": 0.1, "sft": 0.1, "retrieval": 0.05}
+IDENTIFIER = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]{3,24}\b")
+HAYSTACK_TEXTS = 400  # prose documents (haystacks, passages) and code files (passages) for retrieval
 
 
 def _package_dirs() -> list[tuple[str, Path]]:
@@ -108,7 +114,7 @@ def _prose() -> Iterator[tuple[str, str]]:
                     and (text := _read(path))
                 ):
                     yield path.as_posix(), text
-    for repo, directory in _package_dirs():
+    for _repo, directory in _package_dirs():
         for path, text in _repo_files(directory):
             if path.endswith(".py") and (doc := _module_docstring(text)) and len(doc) > 200:
                 yield f"docstring/{path}", doc
@@ -176,9 +182,13 @@ def build_local_corpus(out_dir: str | Path, max_bytes: int = 24 << 20) -> dict[s
             ("prose", "docs.jsonl"),
             ("short", "short.jsonl"),
             ("sft", "chat.jsonl"),
+            ("retrieval", "retrieval.jsonl"),
         )
     }
     code, prose, short, sft = files["code"], files["prose"], files["short"], files["sft"]
+    identifiers: Counter[str] = Counter()
+    haystack: list[str] = []
+    passages: list[str] = []  # code files to copy from
     for repo, directory in _package_dirs():
         if code.full and sft.full:
             break
@@ -188,6 +198,9 @@ def build_local_corpus(out_dir: str | Path, max_bytes: int = 24 << 20) -> dict[s
                 break
             if not code.full:
                 code.write({"repo": repo, "path": path, "text": text})
+                identifiers.update(IDENTIFIER.findall(text[:4096]))
+                if len(passages) < HAYSTACK_TEXTS:
+                    passages.append(text)
             repo_bytes += len(text)
             if not sft.full and path.endswith(".py"):
                 for messages in _conversations(path, text):
@@ -197,10 +210,17 @@ def build_local_corpus(out_dir: str | Path, max_bytes: int = 24 << 20) -> dict[s
             break
         if not prose.full:
             prose.write({"source": source, "text": text})
+            if len(haystack) < HAYSTACK_TEXTS:
+                haystack.append(text)
         if not short.full:
             for paragraph in re.split(r"\n\s*\n", text):
                 if len(paragraph) >= 200 and not short.full:
                     short.write({"text": paragraph.strip()})
+    words = [word for word, _ in identifiers.most_common(2000)] or ["value"]
+    for row in retrieval_documents(haystack, passages, words, seed=0):
+        if files["retrieval"].full:
+            break
+        files["retrieval"].write(row)
     for budgeted in files.values():
         budgeted.file.close()
     summary = {name: {"rows": f.rows, "bytes": f.size} for name, f in files.items()}

@@ -129,6 +129,34 @@ def make_packed_batch(
     )
 
 
+def concat_batches(batches: list[PackedBatch]) -> PackedBatch:
+    """One row holding `batches` back to back, each keeping its own attention segments, positions and labels.
+
+    Attention never crosses from one batch into the next and no label points across, so the loss sum and
+    its gradients are those of the batches run one by one (summed in another order): several short
+    sequences can share one forward/backward, whose larger matrix products run faster on a CPU.
+    """
+    if not batches:
+        raise ValueError("no batches to concatenate")
+    if len(batches) == 1:
+        return batches[0]
+    if any(b.attention != "document" for b in batches):
+        raise ValueError("only document-mode batches can share a row (cross_document rows are one segment)")
+    offsets = np.cumsum([0] + [b.seq_len for b in batches[:-1]]).tolist()
+    cu_seqlens = torch.cat(
+        [batches[0].cu_seqlens[:1]] + [b.cu_seqlens[1:] + offset for b, offset in zip(batches, offsets, strict=True)]
+    ).to(torch.int32)
+    return PackedBatch(
+        input_ids=torch.cat([b.input_ids for b in batches], dim=1),
+        position_ids=torch.cat([b.position_ids for b in batches], dim=1),
+        labels=torch.cat([b.labels for b in batches], dim=1),
+        cu_seqlens=cu_seqlens,
+        max_seqlen=max(b.max_seqlen for b in batches),
+        attention="document",
+        doc_lens=[n for b in batches for n in b.doc_lens],
+    )
+
+
 def attention_kwargs(batch: PackedBatch) -> dict[str, Any]:
     """Keyword arguments for an HF decoder forward so the registered attention sees document boundaries.
 

@@ -54,6 +54,22 @@ def resolve_loss_kernel(choice: str, device: torch.device | str) -> str:
     return choice
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it,
+    many times slower than float32."""
+    # torch.cpu's private probes (torch >= 2.1): get_cpu_capability() says AVX512 but not which extensions.
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_cpu_compute_dtype(choice: str) -> str:
+    """training.cpu_compute_dtype resolved: auto is bfloat16 where the CPU has native bf16, else float32."""
+    if choice not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"unknown CPU compute dtype {choice!r}; choose auto, float32 or bfloat16")
+    if choice == "auto":
+        return "bfloat16" if native_cpu_bf16() else "float32"
+    return choice
+
+
 def chunked_cross_entropy(
     hidden_TD: torch.Tensor,
     weight_VD: torch.Tensor,
@@ -64,8 +80,8 @@ def chunked_cross_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of cross-entropy over labels != -100 of `hidden_TD @ weight_VD.T`, and the number of such labels.
 
-    Each chunk of `chunk_tokens` rows computes its logits under activation checkpointing, so forward and
-    backward hold at most [chunk_tokens, V] logits at a time; accumulation is in float32. `labels_T` are
+    When there are several chunks of `chunk_tokens` rows, each computes its logits under activation
+    checkpointing, so forward and backward hold at most [chunk_tokens, V] logits at a time; accumulation is in float32. `labels_T` are
     already shifted (label t is predicted from position t). kernel="liger" uses liger-kernel's fused
     linear cross-entropy instead (CUDA; pick it with resolve_loss_kernel, never implicitly).
     """
@@ -89,10 +105,13 @@ def chunked_cross_entropy(
         return loss.float(), num_valid
 
     total = torch.zeros((), dtype=torch.float32, device=hidden_TD.device)
+    # One chunk: its logits exist in forward or in the recomputation either way, so checkpointing would
+    # only compute them twice.
+    several = hidden_TD.shape[0] > chunk_tokens
     for start in range(0, hidden_TD.shape[0], chunk_tokens):
         labels_C = labels_T[start : start + chunk_tokens]
         hidden_CD = hidden_TD[start : start + chunk_tokens]
-        if hidden_TD.requires_grad or weight_VD.requires_grad:
+        if several and (hidden_TD.requires_grad or weight_VD.requires_grad):
             total = total + checkpoint(
                 _chunk_loss_sum, hidden_CD, weight_VD, labels_C, softcap, use_reentrant=False
             )
@@ -137,12 +156,20 @@ class CausalLMWithChunkedLoss(nn.Module):
     submodule of an FSDP-wrapped model directly would skip the root's pre-forward unshard.
     """
 
-    def __init__(self, model: PreTrainedModel, chunk_tokens: int = 2048, kernel: str = "chunked") -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        chunk_tokens: int = 2048,
+        kernel: str = "chunked",
+        cpu_autocast: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
         self.kernel = kernel
+        self.cpu_autocast = cpu_autocast  # bfloat16: CPU matrix products under autocast (None: as stored)
 
     def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss_sum, num_valid) for one packed micro-batch."""
-        return causal_lm_loss(self.model, batch, chunk_tokens=self.chunk_tokens, kernel=self.kernel)
+        with torch.autocast("cpu", dtype=self.cpu_autocast or torch.bfloat16, enabled=self.cpu_autocast is not None):
+            return causal_lm_loss(self.model, batch, chunk_tokens=self.chunk_tokens, kernel=self.kernel)

@@ -28,7 +28,7 @@ from prolong.config import OptimizerSpec, StageSpec, TrainingSpec
 from prolong.data.format import PackedSequence
 from prolong.data.mixture import StageMixture
 from prolong.errors import UserError
-from prolong.model.batch import PackedBatch, make_packed_batch
+from prolong.model.batch import PackedBatch, concat_batches, make_packed_batch
 from prolong.parallel.mesh import ParallelMesh
 from prolong.parallel.ulysses import sp_shard_batch
 from prolong.train.checkpoint import Checkpointer
@@ -167,7 +167,22 @@ def step_batches(run: StageRun, step: int) -> list[PackedBatch]:
     """This rank's micro-batches of `step`, in ProLong's reordered processing order."""
     indices = run.data.indices_for_step(step, run.stage.sequences_per_step)
     mine = run.data.rank_share(indices, run.mesh.dp_rank, run.mesh.dp_size, run.training.reorder_microbatches)
-    return [sequence_to_batch(run.data[i], run.stage.attention, run.mesh.sp_size) for i in mine]
+    batches = [sequence_to_batch(run.data[i], run.stage.attention, run.mesh.sp_size) for i in mine]
+    if run.training.microbatch_tokens is None or run.stage.attention != "document":
+        return batches
+    return group_microbatches(batches, run.training.microbatch_tokens)
+
+
+def group_microbatches(batches: list[PackedBatch], max_tokens: int) -> list[PackedBatch]:
+    """Consecutive packed sequences joined into rows of at most `max_tokens` (training.microbatch_tokens);
+    a sequence longer than that stays a row of its own. Same loss and gradient sums (concat_batches)."""
+    rows: list[list[PackedBatch]] = []
+    for batch in batches:
+        if rows and sum(b.seq_len for b in rows[-1]) + batch.seq_len <= max_tokens:
+            rows[-1].append(batch)
+        else:
+            rows.append([batch])
+    return [concat_batches(row) for row in rows]
 
 
 class _HangWatch:

@@ -41,7 +41,12 @@ from prolong.model.attention import (
     register_attention,
 )
 from prolong.model.io import init_model, load_model, load_tokenizer, parse_dtype, save_model
-from prolong.model.loss import CausalLMWithChunkedLoss, resolve_loss_kernel
+from prolong.model.loss import (
+    CausalLMWithChunkedLoss,
+    native_cpu_bf16,
+    resolve_cpu_compute_dtype,
+    resolve_loss_kernel,
+)
 from prolong.model.rope import apply_rope_config, set_model_rope
 from prolong.parallel.mesh import ParallelMesh, validate_sequence_parallel
 from prolong.parallel.parallelize import ActivationPolicy, hf_model_of, parallelize, stage_activation_policy
@@ -173,8 +178,10 @@ def compute_dtype(recipe: Recipe, device_type: str) -> torch.dtype | None:
 def wrap_model(recipe: Recipe, stage: StageSpec, model: PreTrainedModel) -> CausalLMWithChunkedLoss:
     """Refuse a model whose attention prolong cannot compute exactly, then wrap it in the chunked loss."""
     check_attention_support(model, documents=stage.attention == "document")  # exact or refused, now
+    cpu_bf16 = resolve_cpu_compute_dtype(recipe.training.cpu_compute_dtype) == "bfloat16"
     return CausalLMWithChunkedLoss(
-        model, chunk_tokens=recipe.training.loss_chunk_tokens, kernel=recipe.training.loss_kernel
+        model, chunk_tokens=recipe.training.loss_chunk_tokens, kernel=recipe.training.loss_kernel,
+        cpu_autocast=torch.bfloat16 if cpu_bf16 else None,
     )
 
 
@@ -241,7 +248,13 @@ def resolve_installed_choices(recipe: Recipe, mesh: ParallelMesh) -> Recipe:
     kernel = resolve_loss_kernel(choice, mesh.device)
     if mesh.is_main:
         print(f"loss kernel: {kernel} (training.loss_kernel: {choice})", flush=True)
-    training = recipe.training.model_copy(update={"loss_kernel": kernel})
+    cpu_choice = recipe.training.cpu_compute_dtype
+    cpu_dtype = resolve_cpu_compute_dtype(cpu_choice)
+    if mesh.is_main and (cpu_choice != "float32" or mesh.device.type == "cpu"):
+        print(f"CPU compute dtype: {cpu_dtype} (training.cpu_compute_dtype: {cpu_choice}; this CPU: "
+              f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if native_cpu_bf16() else 'no'})",
+              flush=True)
+    training = recipe.training.model_copy(update={"loss_kernel": kernel, "cpu_compute_dtype": cpu_dtype})
     return recipe.model_copy(update={"training": training})
 
 

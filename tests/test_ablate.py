@@ -1,0 +1,66 @@
+"""`prolong ablate`: each paired run changes exactly one thing of the demo's first long stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prolong.ablate import ABLATIONS, variant_recipe, with_long_share
+from prolong.config import load_recipe, save_recipe
+from prolong.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def run():
+    return load_recipe("tiny-demo", output_dir="/tmp/run")
+
+
+def _differences(a, b) -> set[str]:
+    return {k for k, v in a.model_dump().items() if b.model_dump()[k] != v}
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_each_run_changes_one_thing_of_the_reference(run, name: str, tmp_path: Path) -> None:
+    root = Path(run.output_dir)
+    reference = variant_recipe(run, root, ABLATIONS["reference"], None, 4).stages[0]
+    spec = variant_recipe(run, root, ABLATIONS[name], None, 4)
+    stage = spec.stages[0]
+    expected = {"reference": set(), "rope-kept": {"rope"}, "cross-document": {"attention"},
+                "long-100": {"mixture"}, "long-30": {"mixture"}}[name]
+    assert _differences(stage, reference) - {"name"} == expected
+    assert stage.init_from == str(root / run.stages[0].name) and not stage.carry_optimizer_state
+    assert spec.seed == run.seed and spec.tokenizer.path == str(root / "tokenizer")
+    assert spec.data == run.data  # same shards and tokenized cache
+    assert all(n > run.stages[0].seq_len for n in spec.eval.lengths) and spec.eval.num_examples == 4
+    # runs with the reference's mixture share its shards; the others get their own stage name
+    assert (stage.name == reference.name) == (stage.mixture == reference.mixture)
+    save_recipe(spec, tmp_path / "recipe.yaml")
+    load_recipe(tmp_path / "recipe.yaml")  # a valid recipe
+
+
+@pytest.mark.parametrize("share", [1.0, 0.3, 0.6])
+def test_long_share_rescales_long_and_short_entries(run, share: float) -> None:
+    stage = run.stages[1]
+    long_domains = frozenset(d.name for d in run.data.domains if d.kind == "long")
+    changed = with_long_share(stage, long_domains, share)
+    long_part = sum(e.proportion for e in changed.mixture if e.domain in long_domains)
+    assert long_part == pytest.approx(share) and sum(e.proportion for e in changed.mixture) == pytest.approx(1)
+    before = {e.domain: e.proportion for e in stage.mixture if e.domain in long_domains}
+    after = {e.domain: e.proportion for e in changed.mixture if e.domain in long_domains}
+    ratios = {d: after[d] / before[d] for d in before}
+    assert max(ratios.values()) == pytest.approx(min(ratios.values()))  # proportions within long kept
+
+
+def test_long_share_needs_long_and_short_data(run) -> None:
+    only_long = run.stages[1].model_copy(update={"mixture": [e.model_copy(update={"proportion": 0.5})
+                                                             for e in run.stages[1].mixture[:2]]})
+    with pytest.raises(UserError, match="both long and short"):
+        with_long_share(only_long, frozenset({"code_repos", "books"}), 0.3)
+
+
+def test_ablate_refuses_a_directory_without_a_demo_run(tmp_path: Path) -> None:
+    from prolong.ablate import ablate
+
+    with pytest.raises(UserError, match="no demo run"):
+        ablate(str(tmp_path))
