@@ -19,6 +19,7 @@ stage's checkpoints) can be swept whole with `remove_leftovers(..., owned=True)`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -87,10 +88,9 @@ class Staged:
         self._lock_path = self.final.with_name(f"{self.path.name}.lock")
         # the lock exists and is held before the temporary does, so a free lock means a dead owner
         self._lock_fd: int | None = os.open(self._lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        try:
+        # no locks on this filesystem: our leftovers are then kept, never removed by guess
+        with contextlib.suppress(OSError):
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            pass  # no locks on this filesystem: our leftovers are then kept, never removed by guess
         if is_dir:
             self.path.mkdir()
 

@@ -93,7 +93,7 @@ def show(file: str, world_size: int = 8, stage: str | None = None, schema: bool 
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:
-        print("  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))))
+        print("  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True))))
 
 
 def list_recipes() -> None:

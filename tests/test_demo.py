@@ -29,8 +29,8 @@ def test_demo_pipeline_writes_a_report(tmp_path: Path):
         assert f"]({picture})" in report and (out / picture).stat().st_size > 10_000
     for stage in recipe.stages:
         assert (out / stage.name / "export" / "model.safetensors").exists()
-        steps = [json.loads(l)["step"] for l in (out / stage.name / "metrics.jsonl").read_text().splitlines()
-                 if '"loss"' in l]
+        steps = [json.loads(line)["step"] for line in (out / stage.name / "metrics.jsonl").read_text().splitlines()
+                 if '"loss"' in line]
         assert steps == list(range(1, stage.num_steps + 1)), stage.name
         assert f"| {stage.name} | {stage.kind} |" in report
     for label in ("before (base-128)", "after (sft)"):

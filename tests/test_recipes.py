@@ -174,7 +174,7 @@ def test_cli_validate_accepts_shipped_and_rejects_typo(tmp_path: Path):
 def test_cli_show_prints_paper_numbers():
     result = _cli("recipe", "show", "prolong-8b", "--world-size", "64")
     assert result.returncode == 0, result.stderr
-    line = next(l for l in result.stdout.splitlines() if l.strip().startswith("stage1-64k"))
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith("stage1-64k"))
     assert line.split()[1:5] == ["64K", "5,000", "4M", "64"]
 
 

@@ -138,7 +138,7 @@ def build_stage(
             recipe.seed,
             stage.seq_len,
             stage.attention,
-            [(e.proportion, n) for e, n in zip(entries, doc_lens)],
+            [(e.proportion, n) for e, n in zip(entries, doc_lens, strict=True)],
         )
         if all(is_complete(t) and ShardReader(t).meta.get("build_key") == key for t in targets):
             console.print(f"[green]done[/] {stage.name}/{domain_name}: {', '.join(t.name for t in targets)}")
@@ -209,7 +209,7 @@ def _pack_domain(
     )
     counts = docs.meta["counts"]
     planned = []  # every subset is planned (and checked non-empty) before any shard is written
-    for j, (doc_len, target) in enumerate(zip(doc_lens, targets)):
+    for j, (doc_len, target) in enumerate(zip(doc_lens, targets, strict=True)):
         selected = np.nonzero(subsets == j)[0]
         order = shuffled_order(selected, repeats, stable_seed(seed, doc_len))
         if single_doc_chunks:

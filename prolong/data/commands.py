@@ -126,7 +126,7 @@ def peek(shard_dir: str, index: int = 0, tokenizer: str | None = None) -> None:
         f"{len(reader)}: {len(sequence.input_ids)} tokens, {len(sequence.doc_lens)} documents, "
         f"attention={meta.get('attention')}"
     )
-    for k, (start, length) in enumerate(zip(sequence.doc_starts, sequence.doc_lens)):
+    for k, (start, length) in enumerate(zip(sequence.doc_starts, sequence.doc_lens, strict=True)):
         console.print(f"\n[bold cyan]┃doc {k} · {int(length)} tokens┃[/]", end="")
         ids = sequence.input_ids[start : start + length]
         mask = sequence.loss_mask[start : start + length] if sequence.loss_mask is not None else None

@@ -256,7 +256,7 @@ class MdsShard:
         at = begin + 4 * len(self._variable)
         if at > end:
             raise MdsError(f"{self.where(i)}: shorter than its column sizes; the shard is corrupted")
-        for k, size in zip(self._variable, np.frombuffer(buf, np.uint32, len(self._variable), begin).tolist()):
+        for k, size in zip(self._variable, np.frombuffer(buf, np.uint32, len(self._variable), begin).tolist(), strict=True):
             sizes[k] = size
         spans = []
         for size in sizes:

@@ -15,6 +15,7 @@ documents, HELMET files, the local corpus), so bad input gets one behaviour ever
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -99,10 +100,8 @@ def _is_decompression_error(error: BaseException) -> bool:
 def _decompression_error(path: Path, error: BaseException, raw: BinaryIO, lines: int | None) -> UserError:
     kind = "gzip" if path.name.lower().endswith(".gz") else "zstd"
     where = [f"after line {lines}"] if lines is not None else []
-    try:
+    with contextlib.suppress(OSError, ValueError):  # a closed or unseekable stream has no position
         where.append(f"at compressed byte {raw.tell():,}")
-    except (OSError, ValueError):
-        pass
     return UserError(
         f"{path}: not a complete {kind} file ({', '.join(where)}: {error}); it is truncated, corrupt or "
         f"not {kind}-compressed: download or compress it again, or rename it"

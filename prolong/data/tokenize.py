@@ -13,6 +13,7 @@ each batch over the cores itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -261,7 +262,5 @@ class TokenizedDocs:
         self._tokens = self._mask = None
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(OSError, AttributeError, TypeError):  # at interpreter exit
             self.close()
-        except (OSError, AttributeError, TypeError):
-            pass

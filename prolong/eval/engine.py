@@ -171,7 +171,7 @@ class HFEngine:
         results: list[Generation | None] = [None] * len(prompts)
         for group in self.batches([len(p) for p in prompts]):
             for index, result in zip(group, self._generate_batch([prompts[i] for i in group], max_new_tokens,
-                                                                 stop_newline)):
+                                                                 stop_newline), strict=True):
                 results[index] = result
             if on_done is not None:
                 on_done(len(group))

@@ -55,7 +55,7 @@ def depth_grid(results: list[dict[str, Any]], task: str, bins: int = 10) -> tupl
             b = min(int(depth * bins), bins - 1)
             sums[b][column] += 100 * row["metrics"].get(metric, 0.0)
             counts[b][column] += 1
-    grid = [[s / c if c else float("nan") for s, c in zip(srow, crow)] for srow, crow in zip(sums, counts)]
+    grid = [[s / c if c else float("nan") for s, c in zip(srow, crow, strict=True)] for srow, crow in zip(sums, counts, strict=True)]
     return lengths, grid
 
 

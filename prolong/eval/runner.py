@@ -85,7 +85,7 @@ def run_task(engine: Engine, tokenizer: Any, task: str, length: int, spec: EvalS
         truncated.append(cut)
     generations = engine.generate(prompts, task_spec.max_new_tokens, task_spec.stop_newline, on_done=on_done)
     rows = []
-    for example, ids, cut, gen in zip(examples, prompts, truncated, generations):
+    for example, ids, cut, gen in zip(examples, prompts, truncated, generations, strict=True):
         text = gen.text if chat else example.answer_prefix + gen.text
         meta = {k: v for k, v in example.meta.items() if k != "qrels"}
         rows.append({"id": example.id, "output": gen.text,

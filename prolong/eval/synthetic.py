@@ -267,7 +267,7 @@ def niah(task: str, cfg: SynthConfig, num_examples: int) -> list[P.Example]:
         def build(n: int, extra: int = 0, depths: list[float] = depths, distractors: Stream = distractors,
                   needles: list = needles, query: str = query, answers: list = answers, depth: float = depth,
                   i: int = i) -> P.Example:
-            inserts = list(zip(depths, [text for _, text in needles]))
+            inserts = list(zip(depths, [text for _, text in needles], strict=True))
             if spec.haystack == "noise":
                 context = "\n".join(_place([NOISE] * n, inserts))
             elif spec.haystack == "needle":
@@ -468,7 +468,7 @@ def frequent_words(cfg: SynthConfig, num_examples: int, word_length: int = 6) ->
         shuffle_seed = rng.random()
 
         def build(n: int, vocab: list = vocab, seed: float = shuffle_seed, i: int = i) -> P.Example:
-            words = [w for w, c in zip(vocab, fwe_counts(n, len(vocab))) for _ in range(c)]
+            words = [w for w, c in zip(vocab, fwe_counts(n, len(vocab)), strict=True) for _ in range(c)]
             random.Random(seed).shuffle(words)
             return fwe_example(f"ruler_fwe-{i}", " ".join(words), vocab[1:4], {"num_words": n})
 

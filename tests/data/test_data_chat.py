@@ -35,7 +35,7 @@ def test_mask_covers_exactly_assistant_tokens(tokenizer, messages) -> None:
     for lo, hi in spans:
         assistant_chars[lo:hi] = True
     covered = np.zeros(len(text), dtype=bool)
-    for (start, end), trained in zip(offsets, mask):
+    for (start, end), trained in zip(offsets, mask, strict=True):
         # a token is trained on exactly when it holds assistant text
         assert trained == bool(assistant_chars[start:end].any()), (text[start:end], trained)
         covered[start:end] |= trained

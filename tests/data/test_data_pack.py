@@ -65,7 +65,7 @@ def test_short_packing_loses_and_duplicates_nothing(tmp_path_factory, lengths, s
     for i in range(len(reader)):
         seq = reader[i]
         assert len(seq.input_ids) == seq_len
-        for start, length in zip(seq.doc_starts, seq.doc_lens):
+        for start, length in zip(seq.doc_starts, seq.doc_lens, strict=True):
             piece = seq.input_ids[start : start + length].astype(np.int64)
             # one boundary = one document: a piece is a contiguous run of a single document ...
             assert len(set(piece // STRIDE)) == 1 and np.all(np.diff(piece) == 1)

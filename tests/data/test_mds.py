@@ -95,10 +95,10 @@ def test_pack_layout_tiles_the_pack_and_keeps_documents_whole(pairs: list, lengt
     assert int(lens.sum()) == length and (lens > 0).all()
     starts = np.concatenate([[0], np.cumsum(lens[:-1])])
     documents = {(a, b) for a, b in pairs if b > a}
-    pieces = {(int(s), int(s + n)) for s, n in zip(starts, lens)}
+    pieces = {(int(s), int(s + n)) for s, n in zip(starts, lens, strict=True)}
     assert documents <= pieces  # every document is one piece of its own
     if covered is not None:
-        for s, n in zip(starts, lens):
+        for s, n in zip(starts, lens, strict=True):
             assert covered[s : s + n].all() == ((int(s), int(s + n)) in documents)
 
 

@@ -32,7 +32,7 @@ def test_released_data_recipe_is_prolong_8b_on_mds_packs() -> None:
     released, paper = load_recipe("prolong-8b-released-data"), load_recipe("prolong-8b")
     assert [s.name for s in released.stages] == [s.name for s in paper.stages] == ["stage1-64k", "stage2-512k", "sft"]
     assert released.tokenizer.path == released.model.path == paper.model.path
-    for ours, theirs in zip(released.stages, paper.stages):
+    for ours, theirs in zip(released.stages, paper.stages, strict=True):
         assert ours.model_dump(exclude={"mixture"}) == theirs.model_dump(exclude={"mixture"})
         mapped = {_as_prolong_8b(e.domain): e.proportion for e in ours.mixture}
         expected = {(e.domain, e.doc_len if e.doc_len != ours.seq_len else None): e.proportion for e in theirs.mixture}

@@ -35,7 +35,7 @@ def _assert_same(tokenizer, examples: list[P.Example], task: str) -> None:
     fixture = PROMPTS["tasks"][task]
     samples = fixture["samples"]
     assert len(examples) == len(samples), task
-    for example, sample in zip(examples, samples):
+    for example, sample in zip(examples, samples, strict=True):
         budget = sample["max_length"] - fixture["generation_max_length"]
         assert example.user_text() == sample["user"], task
         assert example.answer_prefix == sample["system"], task
@@ -52,7 +52,7 @@ def test_rag_prompts(tmp_path, tokenizer, name: str) -> None:
     _write(tmp_path / demo_name, inputs["demos"])
     examples = H.rag(name, tmp_path, 4096, PROMPTS["tasks"][f"rag_{name}"]["max_test_samples"], 42)
     _assert_same(tokenizer, examples, f"rag_{name}")
-    for example, sample in zip(examples, PROMPTS["tasks"][f"rag_{name}"]["samples"]):
+    for example, sample in zip(examples, PROMPTS["tasks"][f"rag_{name}"]["samples"], strict=True):
         assert example.answers == sample["answer"]
 
 

@@ -58,7 +58,7 @@ def test_format_and_length_match_ruler(tokenizer, name: str, length: int) -> Non
     our_text = [e.user_text() for e in ours]
     if name.startswith("niah"):
         for texts, answers in ((their_text, [r["outputs"] for r in theirs]), (our_text, [e.answers for e in ours])):
-            for text, gold in zip(texts, answers):
+            for text, gold in zip(texts, answers, strict=True):
                 needles = NEEDLE.findall(text)
                 lines = text.split("\n")
                 if name == "niah_single_1":  # noise lines and exactly one needle line
@@ -78,7 +78,7 @@ def test_format_and_length_match_ruler(tokenizer, name: str, length: int) -> Non
             assert re.search(r"they are:  [A-Z]{3}( [A-Z]{3}){4}\n", text)
     elif name == "cwe":
         freq = (30, 3) if length >= 4096 else (6, 1)
-        for text, gold in [(t, r["outputs"]) for t, r in zip(their_text, theirs)] + \
+        for text, gold in [(t, r["outputs"]) for t, r in zip(their_text, theirs, strict=True)] + \
                           [(e.user_text(), e.answers) for e in ours]:
             main = text.split("Below is a numbered list of words.")[-1]
             words = re.findall(r"\d+\. (\S+)", main.split("\nQuestion:")[0])
@@ -87,7 +87,7 @@ def test_format_and_length_match_ruler(tokenizer, name: str, length: int) -> Non
             assert {c for w, c in counts.items() if w not in gold} == {freq[1]}
             assert re.search(r"are: 1\. \S+ 2\. \S+", text)  # the worked example's numbered answer
     else:  # fwe: RULER joins "coded words. {context}", HELMET (ours) "coded words.\n{context}"
-        for text, gold in [(t, r["outputs"]) for t, r in zip(their_text, theirs)] + \
+        for text, gold in [(t, r["outputs"]) for t, r in zip(their_text, theirs, strict=True)] + \
                           [(e.user_text(), e.answers) for e in ours]:
             words = re.search(r"coded words\.[ \n](.*)\nQuestion", text, flags=re.DOTALL).group(1).split(" ")
             counts = Counter(words)

@@ -69,7 +69,7 @@ def test_document_attention_matches_reference_outputs_and_grads(backend, kv_head
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
     grads = torch.autograd.grad((out * torch.arange(out.numel()).view_as(out).sin()).sum(), (q, k, v))
     ref_grads = torch.autograd.grad((ref * torch.arange(ref.numel()).view_as(ref).sin()).sum(), (q, k, v))
-    for got, want in zip(grads, ref_grads):
+    for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 

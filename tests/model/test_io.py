@@ -34,7 +34,7 @@ def test_init_writes_a_checkpoint_plain_transformers_loads(tmp_path, arch, kv_he
     # Same seed, same weights: init is deterministic.
     again = init_model(tiny(arch, kv_heads), tmp_path / f"{arch}-again", **SMALL)
     other = AutoModelForCausalLM.from_pretrained(again)
-    for (name, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+    for (name, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -30,7 +30,7 @@ def test_chunked_equals_full_loss_and_grads(chunk_tokens):
     assert loss_sum.dtype == torch.float32
     assert int(num_valid) == int((labels != IGNORE_INDEX).sum())
     assert abs(loss_sum.item() - full.item()) <= 1e-6 * max(1.0, abs(full.item()))
-    for got, want in zip(grads, full_grads):
+    for got, want in zip(grads, full_grads, strict=True):
         assert (got - want).abs().max() <= 1e-6
 
 
@@ -99,7 +99,9 @@ def test_first_token_of_a_document_is_not_predicted_from_the_previous_one():
     other = ids.clone()
     other[5] = (ids[5] + 1) % VOCAB
     # Only document 2 changes, but its first token's own prediction of token 6 is in doc 2's loss.
-    doc2_alone = lambda x: causal_lm_loss(model, make_packed_batch(x[5:], [7]))[0]
+    def doc2_alone(x: torch.Tensor) -> torch.Tensor:
+        return causal_lm_loss(model, make_packed_batch(x[5:], [7]))[0]
+
     a = causal_lm_loss(model, make_packed_batch(ids, [5, 7]))[0] - doc2_alone(ids)
     b = causal_lm_loss(model, make_packed_batch(other, [5, 7]))[0] - doc2_alone(other)
     assert abs(a.item() - b.item()) <= 1e-5

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from prolong.cli import main
 from prolong.config import save_recipe
 
@@ -36,10 +38,8 @@ def test_command_reports_a_dead_endpoint(make_recipe, chat_server, tmp_path: Pat
 
 
 def test_help_is_the_docstring(capsys) -> None:
-    try:
+    with pytest.raises(SystemExit):
         main(["data", "synth", "--help"])
-    except SystemExit:
-        pass
     out = capsys.readouterr().out
     assert (
         "Generate synthetic long instruction data" in out and "--num-examples" in out and "--workers" in out

@@ -20,19 +20,21 @@ def _compare(result: dict, reference: dict, name: str) -> None:
         torch.testing.assert_close(grad, reference["grads"][key], rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
 
 
+def _load(directory: Path, name: str) -> dict:
+    return torch.load(directory / f"{name}.pt", weights_only=True)
+
+
 @pytest.mark.distributed
 def test_layouts_give_the_same_step(tmp_path: Path, torchrun) -> None:
     torchrun(HERE / "step_worker.py", 2, str(tmp_path))
-    load = lambda name: torch.load(tmp_path / f"{name}.pt", weights_only=True)
-    reference = load("reference")
-    _compare(load("batch4"), reference, "one batch of 4 vs accumulation 4")
-    _compare(load("dp2"), reference, "DP=2 with uneven valid tokens")
-    _compare(load("sp2"), reference, "SP=2")
+    reference = _load(tmp_path, "reference")
+    _compare(_load(tmp_path, "batch4"), reference, "one batch of 4 vs accumulation 4")
+    _compare(_load(tmp_path, "dp2"), reference, "DP=2 with uneven valid tokens")
+    _compare(_load(tmp_path, "sp2"), reference, "SP=2")
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_dp2_sp2_gives_the_same_step(tmp_path: Path, torchrun) -> None:
     torchrun(HERE / "step_worker.py", 4, str(tmp_path))
-    load = lambda name: torch.load(tmp_path / f"{name}.pt", weights_only=True)
-    _compare(load("dp2sp2"), load("reference"), "DP=2 x SP=2")
+    _compare(_load(tmp_path, "dp2sp2"), _load(tmp_path, "reference"), "DP=2 x SP=2")

@@ -15,7 +15,9 @@ WORDS = ["json", "encode", "value", "def", "return", "self", "string", "object",
 def write_corpora(root: Path) -> dict[str, str]:
     """books (long), web (short) and chat (sft) corpora as jsonl; returns their paths."""
     rng = random.Random(0)
-    words = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))
+    def words(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n))
+
     rows = {
         "books": [{"text": words(rng.randint(300, 900))} for _ in range(40)],
         "web": [{"text": words(rng.randint(5, 80))} for _ in range(300)],
