@@ -180,7 +180,7 @@ def _pack_domain(
     recipe: Recipe,
     stage: StageSpec,
     domain: DomainSpec,
-    docs: TokenizedDocs,
+    docs: TokenizedDocs | MdsDocuments,
     doc_lens: list[int],
     proportions: list[float],
     targets: list[Path],

@@ -131,7 +131,7 @@ def peek(shard_dir: str, index: int = 0, tokenizer: str | None = None) -> None:
         ids = sequence.input_ids[start : start + length]
         mask = sequence.loss_mask[start : start + length] if sequence.loss_mask is not None else None
         for trained, run in _runs(ids.tolist(), None if mask is None else mask.tolist()):
-            text = escape(tok.decode(run, skip_special_tokens=False))
+            text = escape(str(tok.decode(run, skip_special_tokens=False)))
             console.print(f"[green]{text}[/]" if trained else text, end="")
     console.print()
 

@@ -76,7 +76,7 @@ def shuffled_order(documents: np.ndarray, repeats: np.ndarray | None, seed: int)
 
 # ------------------------------------------------------------------------------ plans
 def plan_long(
-    order: Sequence[int], lengths: np.ndarray, seq_len: int, doc_len: int, seed: int
+    order: Sequence[int] | np.ndarray, lengths: np.ndarray, seq_len: int, doc_len: int, seed: int
 ) -> Iterator[list[Piece]]:
     """Single-document chunks of exactly doc_len; seq_len // doc_len chunks of distinct documents each."""
     if seq_len % doc_len:
@@ -109,7 +109,7 @@ def plan_long(
                 current = []
 
 
-def plan_concatenated(order: Sequence[int], lengths: np.ndarray, seq_len: int) -> Iterator[list[Piece]]:
+def plan_concatenated(order: Sequence[int] | np.ndarray, lengths: np.ndarray, seq_len: int) -> Iterator[list[Piece]]:
     """Documents back to back; the rest of a truncated document starts the next sequence."""
     current: list[Piece] = []
     filled = 0
@@ -125,7 +125,7 @@ def plan_concatenated(order: Sequence[int], lengths: np.ndarray, seq_len: int) -
                 current, filled = [], 0
 
 
-def plan_sft(order: Sequence[int], lengths: np.ndarray, seq_len: int) -> Iterator[list[Piece]]:
+def plan_sft(order: Sequence[int] | np.ndarray, lengths: np.ndarray, seq_len: int) -> Iterator[list[Piece]]:
     """Whole conversations; one that does not fit starts the next sequence, one longer than seq_len is dropped."""
     current: list[Piece] = []
     filled = 0

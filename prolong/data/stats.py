@@ -117,7 +117,7 @@ def plot_lengths(stats: list[LengthStats], out: str | Path) -> Path:
         if len(s.lengths):
             ax.hist(
                 s.lengths,
-                bins=bins,
+                bins=bins.tolist(),
                 histtype="step",
                 linewidth=1.5,
                 label=f"{s.domain} ({s.documents:,} docs)",

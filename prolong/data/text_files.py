@@ -87,7 +87,7 @@ def open_decompressed(path: Path) -> tuple[BinaryIO, BinaryIO]:
     if name.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw), raw  # type: ignore[return-value]
     if name.endswith((".zst", ".zstd")):
-        return io.BufferedReader(_ZstdStream(raw), _READ_BYTES), raw  # type: ignore[return-value]
+        return io.BufferedReader(_ZstdStream(raw), _READ_BYTES), raw
     return raw, raw
 
 

@@ -243,6 +243,8 @@ class TokenizedDocs:
         """Tokens [start:stop] of document i."""
         lo = int(self.offsets[i]) + start
         hi = int(self.offsets[i + 1]) if stop is None else int(self.offsets[i]) + stop
+        if self._tokens is None:
+            raise ValueError(f"{self.path}: read after close()")
         data = os.pread(self._tokens, (hi - lo) * 4, lo * 4)
         return np.frombuffer(data, dtype=TOKEN_DTYPE)
 

@@ -123,6 +123,7 @@ class HFEngine:
         for start in range(0, width, self.prefill_chunk):
             end = min(start + self.prefill_chunk, width)
             logits = self._forward(ids[:, start:end], mask[:, :end], positions[:, start:end], cache)
+        assert logits is not None, "no prompt tokens"  # every prompt has at least its template
         return logits, cache, mask, positions[:, -1]
 
     def _attention_for(self, batch_size: int) -> contextlib.AbstractContextManager:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -30,7 +31,7 @@ def _answers(answers: str | Iterable[str] | Iterable[list[str]]) -> list[str]:
     """Gold answers as a flat list (HELMET accepts a string, a list, or a list of lists)."""
     if isinstance(answers, str):
         return [answers]
-    items = list(answers)
+    items: list[Any] = list(answers)
     if items and isinstance(items[0], list):
         return [a for group in items for a in group]
     return items
@@ -137,7 +138,7 @@ def parse_ranking(output: str) -> dict[str, int]:
     return scores
 
 
-def ndcg_at_10(ranking: dict[str, float], qrels: dict[str, int], qid: str = "q") -> float:
+def ndcg_at_10(ranking: Mapping[str, float], qrels: Mapping[str, int], qid: str = "q") -> float:
     """trec_eval ndcg_cut.10 through pytrec_eval, graded labels as gains, rounded to 5 decimals as HELMET does."""
     import pytrec_eval
 

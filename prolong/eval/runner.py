@@ -18,6 +18,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -121,7 +122,7 @@ def evaluate(engine: Engine, tokenizer: Any, spec: EvalSpec, out_dir: str | Path
                 bar = bars.add_task(f"{task} @ {length}: building prompts", total=spec.num_examples)
                 started = time.perf_counter()
 
-                def advance(n: int, bar: int = bar, name: str = f"{task} @ {length}") -> None:
+                def advance(n: int, bar: TaskID = bar, name: str = f"{task} @ {length}") -> None:
                     bars.update(bar, description=name, advance=n)
 
                 rows = run_task(engine, tokenizer, task, length, spec, judge, on_done=advance)

@@ -51,7 +51,8 @@ class Stream:
     """An endless, prefix-stable sequence of random items drawn on demand."""
 
     def __init__(self, rng: random.Random, draw: Callable[[random.Random], Any]) -> None:
-        self.rng, self.draw, self.items = rng, draw, []
+        self.rng, self.draw = rng, draw
+        self.items: list[Any] = []
 
     def take(self, n: int) -> list[Any]:
         while len(self.items) < n:

@@ -307,7 +307,7 @@ def _varlen(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, scale, sliding_window, 
 
 
 def _flash_attn(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, scale, sliding_window, softcap) -> torch.Tensor:
-    from flash_attn import flash_attn_varlen_func  # type: ignore[import-not-found]
+    from flash_attn import flash_attn_varlen_func
 
     left = -1 if sliding_window is None else sliding_window - 1
     # flash-attn handles GQA natively when H is a multiple of H_kv; softcap=0 means none.

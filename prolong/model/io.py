@@ -100,7 +100,7 @@ def load_model(
         use_safetensors=True,
     )
     if device is not None:
-        model = model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # nn.Module.to; transformers' wrapper types it wrongly
     return model
 
 

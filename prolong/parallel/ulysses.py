@@ -140,7 +140,7 @@ def register_ulysses_attention(
     boundaries is refused (require_boundaries), never split by local position ids. `inner`: the
     kernel after the exchange (its name joins the registry name).
     """
-    inner_name = "" if inner is document_attention else f"-{inner.__name__}"
+    inner_name = "" if inner is document_attention else f"-{getattr(inner, '__name__', type(inner).__name__)}"
     return register_attention(
         backend,
         kernel=functools.partial(ulysses_attention, group=group, inner=inner),

@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +43,7 @@ from prolong.synth.tasks import ItemResult, item_rng, qa_item, summ_item
 TASKS = ("qa", "rag", "summ")
 
 
-def task_counts(num_examples: int, shares: dict[str, float]) -> dict[str, int]:
+def task_counts(num_examples: int, shares: Mapping[Any, float]) -> dict[str, int]:
     """Examples per task: `num_examples` split by `shares`, rounded by largest remainder (sums exactly)."""
     exact = {task: num_examples * shares.get(task, 0.0) for task in TASKS}
     counts = {task: math.floor(value) for task, value in exact.items()}
@@ -188,10 +188,10 @@ def _results(
         try:
             while True:
                 while error is None and len(running) < 2 * workers:
-                    item = next(pending, None)
-                    if item is None:
+                    queued = next(pending, None)
+                    if queued is None:
                         break
-                    running[pool.submit(run, item)] = item
+                    running[pool.submit(run, queued)] = queued
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -71,14 +71,15 @@ class SynthStore:
             raise UserError(f"{self.journal}: not a synth journal; move it and {self.output.name} away")
         before = records[0]["fingerprint"]
         if before != fingerprint:
-            changed = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
+            keys = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
             raise UserError(
-                f"{self.output} was generated with other synth settings (changed: {changed}); resuming "
+                f"{self.output} was generated with other synth settings (changed: {keys}); resuming "
                 "would mix two datasets. Set synth.output to a new file, or restore the settings."
             )
         os.truncate(self.journal, good)
         self.done = {r["item"]: r for r in records[1:]}
-        kept, changed = [], False
+        kept: list[dict[str, Any]] = []
+        changed = False
         if self.output.exists():
             examples, good_out = _read_lines(self.output)
             changed = good_out != self.output.stat().st_size

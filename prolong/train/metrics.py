@@ -121,7 +121,7 @@ def plot_stage(metrics_path: Path, out_dir: Path, title: str) -> list[Path]:
         ("loss", "loss", "loss (mean over valid tokens)"),
         ("throughput", "tokens_per_s", "tokens/s"),
     ):
-        values = [by_step[s].get(key) for s in steps]
+        values = [by_step[s].get(key, float("nan")) for s in steps]
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot(steps, values, lw=1.2)
         ax.set_xlabel("optimizer step")

@@ -25,7 +25,8 @@ def lr_at(step: int, num_steps: int, warmup_steps: int, peak_lr: float, min_lr: 
 
 def build_optimizer(model: nn.Module, spec: OptimizerSpec, lr: float) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: norms and biases (1-D parameters) are not decayed."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
