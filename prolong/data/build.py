@@ -24,7 +24,7 @@ from prolong.config import DomainSpec, Recipe, StageSpec
 from prolong.data.format import ShardReader, is_complete
 from prolong.data.mds import MdsDocuments
 from prolong.data.mds_build import domain_dataset, is_packed, link_packs, mds_documents
-from prolong.data.mixture import shard_path
+from prolong.data.mixture import shard_identity, shard_path
 from prolong.data.pack import (
     assign_length_subsets,
     length_sampling_repeats,
@@ -222,16 +222,7 @@ def _pack_domain(
             plan = plan_concatenated(order, lengths, stage.seq_len)
             skipped = 0
         meta = {
-            "tokenizer": identity,
-            "tokenizer_path": str(Path(tokenizer_dir).resolve()),
-            "stage": stage.name,
-            "domain": domain.name,
-            "kind": domain.kind,
-            "attention": stage.attention,
-            "seq_len": stage.seq_len,
-            "doc_len": doc_len,
-            "seed": recipe.seed,
-            "build_key": key,
+            **shard_identity(recipe, stage, domain, doc_len, identity, tokenizer_dir, key),
             "source_documents": counts["documents"],
             "subset_documents": len(selected),
             "skipped_documents": skipped,

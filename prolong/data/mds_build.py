@@ -20,7 +20,7 @@ from rich.console import Console
 from prolong.config import DomainSpec, MixtureEntry, Recipe, StageSpec
 from prolong.data.format import is_complete, shard_meta
 from prolong.data.mds import MdsDataset, MdsDocuments, MdsError, scan, write_pack_link
-from prolong.data.mixture import shard_path
+from prolong.data.mixture import shard_identity, shard_path
 from prolong.data.sources import expand_paths
 from prolong.data.tokenize import SpecialIds, tokenizer_identity
 
@@ -80,16 +80,7 @@ def link_packs(
     if summary.samples == 0:
         raise MdsError(f"{where}: its MDS data ({', '.join(map(str, dataset.paths))}) holds no sample")
     meta = {
-        "tokenizer": identity,
-        "tokenizer_path": str(Path(tokenizer_dir).resolve()),
-        "stage": stage.name,
-        "domain": domain.name,
-        "kind": domain.kind,
-        "attention": stage.attention,
-        "seq_len": stage.seq_len,
-        "doc_len": stage.seq_len,
-        "seed": recipe.seed,
-        "build_key": key,
+        **shard_identity(recipe, stage, domain, stage.seq_len, identity, tokenizer_dir, key),
         "has_loss_mask": sft,
         "source_documents": summary.documents,
         "subset_documents": summary.documents,

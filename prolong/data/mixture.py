@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from prolong.config import StageSpec
+from prolong.config import DomainSpec, Recipe, StageSpec
 from prolong.data.format import PackedSequence, ShardReader, is_complete, open_shard
 from prolong.data.mds import MdsPacks, check_vocab
 from prolong.data.sources import stable_seed
@@ -51,6 +51,26 @@ def check_tokenizer(meta: dict[str, Any], tokenizer: Any) -> None:
 def shard_path(shard_dir: str | Path, stage: str, domain: str, doc_len: int) -> Path:
     """Where the shard of one mixture component lives: <shard_dir>/<stage>/<domain>@<doc_len>."""
     return Path(shard_dir) / stage / f"{domain}@{doc_len}"
+
+
+def shard_identity(
+    recipe: Recipe, stage: StageSpec, domain: DomainSpec, doc_len: int, tokenizer: dict[str, Any],
+    tokenizer_dir: str, build_key: str,
+) -> dict[str, Any]:
+    """What every shard's meta records of its making (packed here or linked MDS packs alike): the fields
+    the mixture checks (tokenizer, seq_len, attention) and `prolong data inspect` shows."""
+    return {
+        "tokenizer": tokenizer,
+        "tokenizer_path": str(Path(tokenizer_dir).resolve()),
+        "stage": stage.name,
+        "domain": domain.name,
+        "kind": domain.kind,
+        "attention": stage.attention,
+        "seq_len": stage.seq_len,
+        "doc_len": doc_len,
+        "seed": recipe.seed,
+        "build_key": build_key,
+    }
 
 
 @dataclass
