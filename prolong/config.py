@@ -22,6 +22,9 @@ from pydantic import (
     model_validator,
 )
 
+from prolong.errors import UserError
+from prolong.layout import check_head_layout, validate_sequence_parallel
+
 K, M, B = 2**10, 2**20, 2**30
 _SUFFIXES = {"": 1, "K": K, "M": M, "B": B, "G": B}
 
@@ -73,16 +76,7 @@ class TinyModel(Strict):
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyModel:
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"num_attention_heads={self.num_attention_heads} must be a multiple of "
-                f"num_key_value_heads={self.num_key_value_heads}"
-            )
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} must be a multiple of num_attention_heads="
-                f"{self.num_attention_heads}"
-            )
+        check_head_layout(self.num_attention_heads, self.num_key_value_heads, self.hidden_size)
         return self
 
 
@@ -264,6 +258,12 @@ class StageSpec(Strict):
     tiled_mlp: Literal["auto"] | bool | None = Field(
         None, description="training.tiled_mlp for this stage (none: the training one)"
     )
+    offload_parameters: bool | None = Field(
+        None, description="training.offload_parameters for this stage (none: the training one)"
+    )
+    tiled_norms: Literal["auto"] | bool | None = Field(
+        None, description="training.tiled_norms for this stage (none: the training one)"
+    )
     init_from: str = Field(
         "previous",
         description="'previous' (the previous stage, or the model for the first stage), 'model' (the "
@@ -375,6 +375,20 @@ class TrainingSpec(Strict):
     )
     mlp_tile_tokens: TokenCount | None = Field(
         None, description="tokens per MLP tile; none: about the hidden size, chosen per micro-batch"
+    )
+    tiled_norms: Literal["auto"] | bool = Field(
+        "auto",
+        description="run the RMSNorms of the residual stream (each decoder layer's, the final one) over "
+        "sequence tiles of 8K tokens, recomputed in backward: no float32 [T, hidden] copies kept (same "
+        "output bit for bit, weight gradients to rounding); auto: on from 32K tokens per rank; a stage's "
+        "tiled_norms overrides it",
+    )
+    offload_parameters: bool = Field(
+        False,
+        description="keep the sharded float32 parameters, gradients and AdamW state in (pinned) host memory "
+        "and run the optimizer step on the CPU (FSDP2 CPUOffloadPolicy); layers are copied to the GPU for "
+        "their all-gather. For a model whose state does not fit the GPUs (8B on one GPU); a stage's "
+        "offload_parameters overrides it",
     )
     attention_backend: Literal["auto", "varlen", "flash_attn", "sdpa_per_doc"] = Field(
         "auto",
@@ -585,13 +599,13 @@ class Recipe(Strict):
                     f"stages.{i}.carry_optimizer_state: stage {stage.name!r} starts from the recipe's model, "
                     "which has no optimizer state; set init_from to an earlier stage or a finished stage directory"
                 )
-            if self.model.init is not None:
-                heads = self.model.init.num_attention_heads
-                if heads % stage.sequence_parallel:
-                    raise ValueError(
-                        f"stages.{i}.sequence_parallel={stage.sequence_parallel} must divide the "
-                        f"model's num_attention_heads={heads}"
+            if self.model.init is not None:  # a checkpoint's heads are checked once its config is read
+                try:
+                    validate_sequence_parallel(
+                        stage.sequence_parallel, num_attention_heads=self.model.init.num_attention_heads
                     )
+                except UserError as error:
+                    raise ValueError(f"stages.{i}.sequence_parallel: {error}") from None
         if self.synth is not None:
             for name in self.synth.source_domains:
                 if name not in domains:
@@ -729,11 +743,10 @@ def derived_numbers(
     """
     rows = []
     for stage in recipe.stages if stages is None else stages:
-        if world_size % stage.sequence_parallel:
-            raise RecipeError(
-                f"stage {stage.name!r}: sequence_parallel={stage.sequence_parallel} does not divide "
-                f"world size {world_size}"
-            )
+        try:
+            validate_sequence_parallel(stage.sequence_parallel, world_size)
+        except UserError as error:
+            raise RecipeError(f"stage {stage.name!r}: {error}") from None
         dp = world_size // stage.sequence_parallel
         per_step = stage.sequences_per_step
         if per_step % dp:
@@ -753,13 +766,14 @@ def derived_numbers(
                 "data_parallel": dp,
                 "sequence_parallel": stage.sequence_parallel,
                 "grad_accumulation": per_step // dp,
-                "warmup_steps": warmup_steps(stage),
+                "warmup_steps": warmup_steps(stage, stage.num_steps),
                 "tokens": stage.num_tokens,
             }
         )
     return rows
 
 
-def warmup_steps(stage: StageSpec) -> int:
-    """Linear-warmup steps of a stage (at least one when the ratio is positive)."""
-    return max(1, round(stage.warmup_ratio * stage.num_steps)) if stage.warmup_ratio > 0 else 0
+def warmup_steps(stage: StageSpec, num_steps: int) -> int:
+    """Linear-warmup steps of a stage run for `num_steps` (its own, or fewer with --max-steps): the
+    stage's warmup_ratio of them, at least one when the ratio is positive."""
+    return max(1, round(stage.warmup_ratio * num_steps)) if stage.warmup_ratio > 0 else 0

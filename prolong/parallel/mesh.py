@@ -18,29 +18,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from prolong.errors import UserError
-
-
-def validate_sequence_parallel(
-    sp: int, world_size: int, num_attention_heads: int, num_key_value_heads: int | None = None
-) -> None:
-    """Refuse an SP degree that cannot work, before anything starts; the message says how to fix it."""
-    if sp < 1:
-        raise UserError(f"sequence_parallel={sp} must be at least 1")
-    if world_size % sp:
-        raise UserError(
-            f"sequence_parallel={sp} does not divide the world size {world_size}; launch a multiple of "
-            f"{sp} processes (torchrun --nproc_per_node) or lower sequence_parallel"
-        )
-    if num_attention_heads % sp:
-        raise UserError(
-            f"sequence_parallel={sp} does not divide the model's {num_attention_heads} attention heads "
-            "(Ulysses gives each rank whole heads); choose a divisor of the head count"
-        )
-    if num_key_value_heads is not None and num_attention_heads % num_key_value_heads:
-        raise UserError(
-            f"{num_attention_heads} query heads are not a multiple of {num_key_value_heads} KV heads"
-        )
-
+from prolong.layout import validate_sequence_parallel
 
 DEFAULT_TIMEOUT_S = 600.0  # the recipe's training.collective_timeout_s; also NCCL's own default
 _timeout = timedelta(seconds=DEFAULT_TIMEOUT_S)  # of the process group, for the mesh's axis groups too
@@ -60,7 +38,9 @@ def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S, trace_dir: Path | Non
     if dist.is_initialized():
         return
     timeout = _timeout = timedelta(seconds=timeout_s)
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # on GPUs, gloo too for the collectives of host tensors: with training.offload_parameters the
+    # gradient shards live in host memory and the gradient norm is all-reduced there
+    backend = "cuda:nccl,cpu:gloo" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available() and trace_dir is not None:
         _enable_flight_recorder(trace_dir)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
@@ -139,8 +119,7 @@ class ParallelMesh:
         fake CPU tensors, also on a GPU node)."""
         init_distributed()
         world = dist.get_world_size()
-        if world % sequence_parallel:
-            raise UserError(f"sequence_parallel={sequence_parallel} does not divide the world size {world}")
+        validate_sequence_parallel(sequence_parallel, world)
         if device_type is None:
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
         on_cuda = device_type == "cuda"

@@ -10,6 +10,16 @@ for bit.
 
 Applied in place: the MLP module's class is swapped for a subclass whose forward tiles (as FSDP2 does
 with its modules), so parameter names, state dicts and the HF export are unchanged.
+
+Tiled norms: the same for each decoder layer's RMSNorms and the final one (`apply_tiled_norms`). HF's
+RMSNorm computes in float32, so autograd keeps a float32 copy of its [T, D] input and its backward
+makes half a dozen float32 [T, D] temporaries: at 512K tokens and D = 4096 that is 8 GiB each, the
+largest buffers of a layer's backward. Per token a norm is exact under tiling: the forward is the
+module's own, tile by tile (bitwise equal output); backward recomputes each tile, so only the input
+(in the compute dtype) is kept, and the weight gradient is summed over tiles in float32.
+
+On fake tensors (`prolong plan`) only the distinct tiles run: the first and a shorter last one. Every
+full tile allocates and frees the same, so the memory is the same and a dry run stays fast.
 Legend: N tokens (all leading dims flattened), D hidden size, I intermediate size.
 """
 
@@ -21,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from prolong.errors import UserError
 
@@ -76,6 +87,15 @@ def check_gated_mlp(mlp: Any, where: str) -> None:
         )
 
 
+def tile_starts(x: torch.Tensor, num_tokens: int, tile: int) -> list[int]:
+    """Where the tiles of `num_tokens` tokens start; on fake tensors only the distinct ones (see top)."""
+    starts = list(range(0, num_tokens, tile))
+    if isinstance(x, FakeTensor) and len(starts) > 2:
+        short_last = num_tokens - starts[-1] < tile
+        return [starts[0], starts[-1]] if short_last else [starts[0]]
+    return starts
+
+
 def _run_tiles(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int) -> torch.Tensor:
     """run(x) tile by tile into one preallocated output (no list of tiles to concatenate: 1x, not 2x)."""
     # detached: a view taken under no_grad of a tensor that requires grad would still claim to require
@@ -85,7 +105,7 @@ def _run_tiles(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
     out_ND = first.new_empty((x_ND.shape[0], first.shape[-1]))
     out_ND[:tile] = first
     del first
-    for start in range(tile, x_ND.shape[0], tile):
+    for start in tile_starts(x, x_ND.shape[0], tile)[1:]:
         out_ND[start : start + tile] = run(x_ND[start : start + tile])
     return out_ND.view(*x.shape[:-1], out_ND.shape[-1])
 
@@ -117,7 +137,7 @@ class _TiledMLPFunction(torch.autograd.Function):
         grad_x_ND = torch.empty_like(x_ND) if needs_x else None
         # float32 sums over tiles: a bf16 weight gradient summed tile by tile would round once per tile
         grad_params: list[torch.Tensor | None] = [None] * len(params)
-        for start in range(0, x_ND.shape[0], ctx.tile_tokens):
+        for start in tile_starts(x, x_ND.shape[0], ctx.tile_tokens):
             end = start + ctx.tile_tokens
             with torch.enable_grad():
                 x_tile = x_ND[start:end].detach().requires_grad_(needs_x)
@@ -170,3 +190,44 @@ def apply_tiled_mlp(layers: list[nn.Module], tile_tokens: int | None = None) -> 
         check_gated_mlp(getattr(layer, "mlp", None), f"decoder layer {index} ({type(layer).__name__})")
     for index, layer in enumerate(layers):
         tile_mlp(layer.mlp, tile_tokens, where=f"decoder layer {index}")
+
+
+# Tokens per norm tile: a norm's per-tile float32 temporaries are then ~1 GiB at D = 4096; shorter
+# tiles gain little memory for more launches of memory-bound kernels.
+NORM_TILE_TOKENS = 8 * 1024
+
+
+class TiledNormMixin:
+    """Mixed into a norm's own class by `apply_tiled_norms`: forward runs over sequence tiles."""
+
+    norm_tile_tokens: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base_forward = super().forward  # the model's own norm, run on each tile
+        num_tokens = x.numel() // x.shape[-1]
+        if self.norm_tile_tokens >= num_tokens:
+            return base_forward(x)
+        return _TiledMLPFunction.apply(base_forward, self, self.norm_tile_tokens, x, *self.parameters())
+
+
+def is_token_norm(module: nn.Module) -> bool:
+    """An RMSNorm or LayerNorm over the last dim with at most a weight and a bias: per token, tileable."""
+    per_token = isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
+    params = {name for name, _ in module.named_parameters()}
+    return per_token and not list(module.children()) and params <= {"weight", "bias"}
+
+
+def apply_tiled_norms(model: nn.Module, layers: list[nn.Module], tile_tokens: int = NORM_TILE_TOKENS) -> int:
+    """Tile the norms that act on the [T, D] residual stream: each decoder layer's direct-child norms and
+    the model's final norm (not per-head q/k norms, whose input is [T, heads, head dim]). Returns how many."""
+    stream_norms = [m for layer in layers for m in layer.children() if is_token_norm(m)]
+    in_layers = {id(m) for layer in layers for m in layer.modules()}
+    stream_norms += [m for m in model.modules() if is_token_norm(m) and id(m) not in in_layers]
+    for norm in stream_norms:
+        if not isinstance(norm, TiledNormMixin):
+            cls = type(norm)
+            if cls not in _TILED_CLASSES:
+                _TILED_CLASSES[cls] = type(f"Tiled{cls.__name__}", (TiledNormMixin, cls), {})
+            norm.__class__ = _TILED_CLASSES[cls]
+        norm.norm_tile_tokens = tile_tokens
+    return len(stream_norms)

@@ -9,14 +9,17 @@ import sys
 
 import psutil
 import torch
+from transformers import PretrainedConfig
 
-from prolong.config import format_count, load_recipe
+from prolong.config import Recipe, StageSpec, format_count, load_recipe
 from prolong.errors import UserError
 from prolong.plan.dry_run import TARGETS, DryRun, Target, dry_run
 from prolong.plan.memory import GIB
 from prolong.plan.model_config import plan_model
+from prolong.plan.peak import explain_peak, format_peak
 from prolong.plan.report import Capacity, dry_run_from_json, fits, format_plan, parse_memory, plan_json, size
 from prolong.plan.search import max_lengths
+from prolong.plan.suggest import suggest_switches
 
 
 def plan(
@@ -28,6 +31,7 @@ def plan(
     json: bool = False,
     reserve: float = 0.10,
     target: str = "cuda",
+    explain: bool = False,
 ) -> int:
     """Plan a recipe at its real size without GPUs or weights: per-GPU memory of each stage, and a verdict.
 
@@ -42,6 +46,9 @@ def plan(
     tracker cannot see (CUDA context, NCCL buffers, allocator fragmentation). --max-length: also the
     longest seq_len that fits at each sequence-parallel degree (a binary search over dry runs; minutes).
     --target cpu plans a CPU run instead (float32, the CPU kernels). --json prints one JSON object.
+    --explain: also what the GPU holds at the peak, the largest tensors grouped by the op and module
+    that made them (a second dry run). A stage that does not fit gets a line naming the memory switches
+    (tiled_mlp, tiled_norms, offload_activations, offload_parameters) that would make it fit.
     Exit status 1 when a stage does not fit. A stage that cannot run at this world size (heads not
     divisible by the SP degree, a batch that does not split) is an error naming the recipe key.
     """
@@ -57,8 +64,17 @@ def plan(
         run = dry_run(spec, current, world_size, model.config, target)  # type: ignore[arg-type]
         all_fit &= fits(run, capacity)
         entry = plan_json(spec.name, model.source, run, capacity)
+        if not fits(run, capacity):
+            entry["suggestion"] = suggestion(spec, current, world_size, model.config, capacity, target)
         if not json:
             print(format_plan(spec.name, model.source, run, capacity), flush=True)
+            if "suggestion" in entry:
+                print(f"  {entry['suggestion']}", flush=True)
+        if explain:
+            _, groups = explain_peak(spec, current, world_size, model.config, target)  # type: ignore[arg-type]
+            entry["peak_tensors"] = [vars(g) for g in groups]
+            if not json:
+                print("at the peak, the largest tensors on the GPU:\n" + format_peak(groups), flush=True)
         if max_length:
             progress = None if json else lambda line: print(line, file=sys.stderr, flush=True)
             if not json:
@@ -85,6 +101,19 @@ def plan(
     if json:
         print(json_module.dumps({"recipe": spec.name, "world_size": world_size, "stages": results}, indent=2))
     return 0 if all_fit else 1
+
+
+def suggestion(
+    spec: Recipe, stage: StageSpec, world_size: int, config: PretrainedConfig, capacity: Capacity, target: str
+) -> str:
+    """The line that says which memory switches would make a stage that does not fit, fit."""
+    found = suggest_switches(spec, stage, world_size, config, capacity, target)  # type: ignore[arg-type]
+    if found is None:
+        return (
+            "no memory switch (tiled_mlp, tiled_norms, offload_activations, offload_parameters) makes it fit: "
+            "raise sequence_parallel or the world size, or shorten seq_len"
+        )
+    return found.describe(spec.stages.index(stage), stage)
 
 
 def this_machine() -> tuple[Capacity, Target]:
@@ -125,6 +154,7 @@ def check_stages_fit(recipe: str, stages: list[str], world_size: int) -> list[Dr
         if not fits(run, capacity):
             raise UserError(
                 format_plan(plan["recipe"], entry["model_source"], run, capacity)
+                + (f"\n{entry['suggestion']}" if "suggestion" in entry else "")
                 + f"\nstage {run.stage!r} will not fit on this machine's {target} devices; change the stage "
                 "(sequence_parallel, seq_len, activation policies) or the world size, or pass --no-plan to "
                 "start anyway"

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 from torch.distributed._tools.fsdp2_mem_tracker import _FSDPRefType
 from transformers import PretrainedConfig
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from prolong.config import Recipe, StageSpec, derived_numbers
 from prolong.data.format import PackedSequence
@@ -35,16 +36,18 @@ from prolong.errors import UserError
 from prolong.model.attention import document_attention, register_attention
 from prolong.model.batch import PackedBatch
 from prolong.parallel.mesh import ParallelMesh
+from prolong.parallel.parallelize import materialize
 from prolong.plan.attention import plan_attention_kernel, register_plan_attention
 from prolong.plan.fake import (
     HOST_DEVICE,
     PLAN_DEVICE,
     DryRunTracker,
+    LiveStorage,
     OverLimit,
     fake_process_group,
     fake_tensors,
 )
-from prolong.plan.memory import MemoryPlan
+from prolong.plan.memory import GIB, MemoryPlan
 from prolong.train.loop import sequence_to_batch, train_step
 from prolong.train.schedule import build_optimizer
 from prolong.train.stages import compute_dtype, meta_model, parallelize_stage, wrap_model
@@ -72,6 +75,7 @@ class DryRun:
     memory: MemoryPlan
     seconds: float
     complete: bool = True  # False: stopped once over `limit` (the peak is then a lower bound)
+    live_at_limit: list[LiveStorage] = field(default_factory=list)  # explain: the device's storages then
 
 
 def plan_batch(stage: StageSpec, sp: int) -> PackedBatch:
@@ -122,6 +126,25 @@ def initialise_optimizer_state(
         group["foreach"] = value
 
 
+def offload_note(model: torch.nn.Module, world_size: int) -> str:
+    """What parameter offload moves that the fake CPU device cannot show: FSDP2 copies each module's
+    float32 shard to the GPU before casting it to the compute dtype for the all-gather (on the fake
+    device that copy is a no-op). Its size is the largest module's shard, plus the next one prefetched."""
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+
+    def shard_bytes(params: list[torch.Tensor]) -> int:
+        return sum(p.to_local().numel() * 4 if hasattr(p, "to_local") else p.numel() * 4 for p in params)
+
+    layer = max((shard_bytes(list(m.parameters())) for m in layers), default=0)
+    root = shard_bytes([p for p in model.parameters() if id(p) not in in_layers])
+    return (
+        f"parameter offload: not counted, the host-to-GPU copy of each layer's float32 shard before its "
+        f"all-gather ({layer / GIB:.2f} GiB per decoder layer, world size {world_size}; the root's "
+        f"embeddings and head {root / GIB:.2f} GiB, once at the start of forward)"
+    )
+
+
 def _with_layers(config: PretrainedConfig, layers: int | None) -> PretrainedConfig:
     """A copy of `config` (meta_model writes the stage's rope into it), with `layers` decoder layers."""
     config = copy.deepcopy(config)
@@ -141,6 +164,7 @@ def dry_run(
     micro_batches: int = 1,
     limit: int | None = None,
     layers: int | None = None,
+    explain: bool = False,
 ) -> DryRun:
     """Build `stage` of `recipe` as `prolong train` does at `world_size` ranks and run one optimizer step
     on fake tensors; returns the per-GPU memory by category (rank 0's, which every rank matches).
@@ -151,7 +175,8 @@ def dry_run(
     docstring); n > 1 runs n of them from no gradients (tests compare the two). limit: stop as soon as
     the step holds more bytes than this (a search only needs to know it does not fit). layers: build
     only this many decoder layers: a structural check at full width, length and world size (the CI's;
-    a plan's memory needs them all). Raises RecipeError or
+    a plan's memory needs them all). explain: with a limit, list every storage the device holds when
+    the step crosses it, with the op and module that made it (`prolong.plan.peak`). Raises RecipeError or
     UserError naming the recipe key for a stage that cannot run.
     """
     if target not in TARGETS:
@@ -186,18 +211,23 @@ def dry_run(
         except UserError as error:
             raise UserError(f"stages.{index} ({stage.name!r}): {error}") from None
         with fake_tensors():
-            wrapped.to_empty(device=PLAN_DEVICE)
+            materialize(wrapped, PLAN_DEVICE, policy.offload_parameters)
             wrapped.train()
             optimizer = build_optimizer(wrapped, recipe.optimizer, stage.lr)
-            if target == "cuda":
+            if target == "cuda" and not policy.offload_parameters:
                 # what torch.optim picks on CUDA for DTensor parameters (_default_to_fused_or_foreach):
-                # the foreach kernels, whose temporaries span all parameters of a group at once
+                # the foreach kernels, whose temporaries span all parameters of a group at once (on
+                # offloaded, host parameters it picks the per-tensor loop, as on this fake CPU device)
                 for group in optimizer.param_groups:
                     group["foreach"] = True
+            if policy.offload_parameters:
+                notes.append(offload_note(wrapped, world_size))
             initialise_optimizer_state(
                 wrapped, optimizer, keep_gradients=accumulation > 1 and micro_batches == 1
             )
-            tracker = DryRunTracker(wrapped, optimizer, limit=limit)
+            tracker = DryRunTracker(
+                wrapped, optimizer, limit=limit, offload_parameters=policy.offload_parameters, explain=explain
+            )
             complete = True
             try:
                 with tracker:
@@ -210,7 +240,8 @@ def dry_run(
     memory = MemoryPlan.from_tracker(
         device_peak,
         optimizer_state=after.get(PLAN_DEVICE, {}).get(_FSDPRefType.OPT, 0),
-        host=peak.get(HOST_DEVICE, {}).get("Total", 0),
+        host_snapshot=peak.get(HOST_DEVICE, {}),
+        host_optimizer_state=after.get(HOST_DEVICE, {}).get(_FSDPRefType.OPT, 0),
         phase=tracker.peak_phase,
     )
     return DryRun(
@@ -229,4 +260,5 @@ def dry_run(
         memory=memory,
         seconds=time.perf_counter() - started,
         complete=complete,
+        live_at_limit=tracker.live_at_limit,
     )

@@ -21,23 +21,30 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch._guards import TracingContext, tracing
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker, _FSDPRefType
+from torch.distributed._tools.mem_tracker import _UpdateType
 from torch.distributed.tensor import DTensor
 from torch.testing._internal.distributed.fake_pg import FakeStore
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import _disable_current_modes
+from torch.utils.weak import WeakIdKeyDictionary
 
 from prolong.errors import UserError
 
 PLAN_DEVICE = torch.device("cpu")  # stands for the GPU in a dry run
 HOST_DEVICE = torch.device("meta")  # stands for host memory (offloaded tensors) in a dry run
+# what FSDP2's CPUOffloadPolicy keeps in host memory: the sharded parameters, their gradients and so
+# AdamW's state (and the optimizer step's temporaries, which the tracker tags as optimizer state)
+HOST_KINDS = frozenset({_FSDPRefType.SHARDED_PARAM, _FSDPRefType.SHARDED_GRAD, _FSDPRefType.OPT})
 _aten = torch.ops.aten
 _prim_device = torch.ops.prim.device.default
 
@@ -97,6 +104,17 @@ def fake_tensors() -> Iterator[FakeTensorMode]:
         yield mode
 
 
+@dataclass(frozen=True)
+class LiveStorage:
+    """One storage alive on the device when a dry run crossed its limit (`explain`)."""
+
+    nbytes: int
+    kind: str  # the tracker's category
+    origin: str  # the op that made it and the module it ran in
+    shape: tuple[int, ...]  # of the tensor it was made for
+    dtype: str
+
+
 class OverLimit(Exception):
     """Raised from inside a tracked step once it needs more memory than the tracker's limit."""
 
@@ -123,12 +141,47 @@ class DryRunTracker(FSDPMemTracker):
     """
 
     def __init__(
-        self, mod: torch.nn.Module, optm: torch.optim.Optimizer | None = None, limit: int | None = None
+        self,
+        mod: torch.nn.Module,
+        optm: torch.optim.Optimizer | None = None,
+        limit: int | None = None,
+        offload_parameters: bool = False,
+        explain: bool = False,
     ) -> None:
         super().__init__(mod, optm)
         self.peak_phase = "none"  # where the peak of the device it stands for happened
         self._backward_began = False
         self.limit = limit  # stop the step (OverLimit) once the device holds more than this
+        # with parameter offload (FSDP2's CPUOffloadPolicy) the sharded state lives in host memory: on
+        # the fake CPU device FSDP2's copies to the host are no-ops, so it is counted there by kind
+        self._host_kinds = HOST_KINDS if offload_parameters else frozenset()
+        # explain: where each storage was made (op, module, shape), and what lives when the limit is hit
+        self._origins: WeakIdKeyDictionary | None = WeakIdKeyDictionary() if explain else None
+        self._dispatching = "?"
+        self.live_at_limit: list[LiveStorage] = []
+
+    def _device_of(self, device: torch.device, reftype: Any) -> torch.device:
+        return HOST_DEVICE if device == PLAN_DEVICE and reftype in self._host_kinds else device
+
+    def _update_snap(self, u_type, winfo, old_mem_consumed=None, old_reftype=None) -> None:  # type: ignore[no-untyped-def]
+        # MemTracker keeps one snapshot per device; a storage counts on the device of its kind
+        if not self._host_kinds:
+            return super()._update_snap(u_type, winfo, old_mem_consumed, old_reftype)
+        device = winfo.device
+        try:
+            if u_type is _UpdateType.REF:
+                before, after = self._device_of(device, old_reftype), self._device_of(device, winfo.reftype)
+                if before != after:  # re-tagged as a kind kept elsewhere: leaves one device, joins the other
+                    new = winfo.reftype
+                    winfo.device, winfo.reftype = before, old_reftype
+                    super()._update_snap(_UpdateType.DEL, winfo)
+                    winfo.device, winfo.reftype = after, new
+                    super()._update_snap(_UpdateType.ADD, winfo)
+                    return None
+            winfo.device = self._device_of(device, winfo.reftype)
+            return super()._update_snap(u_type, winfo, old_mem_consumed, old_reftype)
+        finally:
+            winfo.device = device
 
     def _fsdp_state_pre_forward(self, fsdp_mod, orig_fsdp_state_pre_fw):  # type: ignore[no-untyped-def]
         # The tracker keeps per-module statistics of one iteration and refuses a second forward of the
@@ -155,6 +208,8 @@ class DryRunTracker(FSDPMemTracker):
         if peak > before:
             self.peak_phase = self._phase()
             if self.limit is not None and peak > self.limit:
+                if self._origins is not None:
+                    self.live_at_limit = self._live_storages()
                 raise OverLimit(peak)
 
     def _phase(self) -> str:
@@ -183,4 +238,28 @@ class DryRunTracker(FSDPMemTracker):
             return func(*args, **kwargs)
         if func is _aten._local_scalar_dense.default and args[0].constant is None:
             return _unknown_scalar(args[0])
-        return super().__torch_dispatch__(func, types, args, kwargs)
+        if self._origins is None:
+            return super().__torch_dispatch__(func, types, args, kwargs)
+        self._dispatching = f"{func.__name__} in {self._module()}"
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        for tensor in pytree.tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage() not in self._origins:
+                origin = f"{func.__name__} in {self._module()}"
+                self._origins[tensor.untyped_storage()] = (origin, tuple(tensor.shape), tensor.dtype)
+        return out
+
+    def _module(self) -> str:
+        """The innermost module running (layer numbers as *), and whether in backward."""
+        name = max(self._mod_tracker.parents, key=len)
+        name = re.sub(r"\.\d+\.", ".*.", name)
+        return f"{name} ({'backward' if self._mod_tracker.is_bw else 'forward'})"
+
+    def _live_storages(self) -> list[LiveStorage]:
+        """Every storage the device holds now, with where it was made (explain mode)."""
+        live = []
+        for storage, (winfo, _) in list(self._WINFO.items()):
+            if self._device_of(winfo.device, winfo.reftype) != PLAN_DEVICE or not winfo.mem_consumed:
+                continue
+            origin, shape, dtype = self._origins.get(storage, (f"before the step, or the op running: {self._dispatching}", (), None))
+            live.append(LiveStorage(winfo.mem_consumed, str(winfo.reftype.value), origin, shape, str(dtype)))
+        return live

@@ -16,6 +16,10 @@ here as a reader thinks of them:
 `optimizer_state` is the state after the step, so it can be checked by hand: two float32 tensors per
 sharded parameter. The optimizer step tags everything it allocates as optimizer state; what it holds at
 the peak beyond the persistent state is moved to temporaries here.
+
+Host memory (what offload keeps off the GPU: checkpointed layer inputs, and with parameter offload the
+sharded parameters, gradients and optimizer state) is reported apart, at its own peak, in
+`host_categories`: parameters, gradients, optimizer state and activations (the offloaded inputs).
 """
 
 from __future__ import annotations
@@ -56,19 +60,34 @@ class MemoryPlan:
     communication: int
     peak: int
     phase: str  # forward, backward or optimizer step: where the peak happened
-    host: int = 0  # peak bytes held in host memory (offloaded tensors)
+    host: int = 0  # peak bytes held in host memory (offloaded tensors), per GPU
     tracker: dict[str, int] = field(default_factory=dict)  # the tracker's own categories at the peak
+    host_categories: dict[str, int] = field(default_factory=dict)  # `host` by category (HOST_CATEGORIES)
 
     @classmethod
     def from_tracker(
-        cls, snapshot: dict[Any, int], optimizer_state: int, host: int = 0, phase: str = "backward"
+        cls,
+        snapshot: dict[Any, int],
+        optimizer_state: int,
+        host_snapshot: dict[Any, int] | None = None,
+        host_optimizer_state: int = 0,
+        phase: str = "backward",
     ) -> MemoryPlan:
-        """From the tracker's peak snapshot of one device and the optimizer state after the step."""
+        """From the tracker's peak snapshots of the device and of the host, and the optimizer state (on
+        each) after the step."""
         groups = {name: sum(snapshot.get(kind, 0) for kind in kinds) for name, kinds in _GROUPS.items()}
         at_peak = snapshot.get(_FSDPRefType.OPT, 0)
         state = min(optimizer_state, at_peak)
         groups["temporaries"] += at_peak - state
         tracker = {str(kind.value): snapshot.get(kind, 0) for kind in _FSDPRefType}
+        host_snapshot = host_snapshot or {}
+        host = host_snapshot.get("Total", 0)
+        host_groups = {
+            "parameters": host_snapshot.get(_FSDPRefType.SHARDED_PARAM, 0),
+            "gradients": host_snapshot.get(_FSDPRefType.SHARDED_GRAD, 0),
+            "optimizer_state": min(host_optimizer_state, host_snapshot.get(_FSDPRefType.OPT, 0)),
+        }
+        host_groups["activations"] = host - sum(host_groups.values())
         return cls(
             **groups,
             optimizer_state=state,
@@ -76,6 +95,7 @@ class MemoryPlan:
             phase=phase,
             host=host,
             tracker=tracker,
+            host_categories=host_groups if host else {},
         )
 
     def categories(self) -> dict[str, int]:

@@ -10,6 +10,7 @@ from typing import Any
 from prolong.config import format_count
 from prolong.errors import UserError
 from prolong.plan.dry_run import DryRun
+from prolong.plan.fake import LiveStorage
 from prolong.plan.memory import GIB, MemoryPlan
 
 _UNITS = {
@@ -33,6 +34,22 @@ _LABELS = {
     "temporaries": "temporaries",
     "communication": "communication",
 }
+
+
+_HOST_LABELS = {
+    "parameters": "parameters",
+    "gradients": "gradients",
+    "optimizer_state": "optimizer state",
+    "activations": "checkpointed inputs and other",
+}
+GPUS_PER_NODE = 8
+
+
+def host_per_node(run: DryRun, host_per_gpu: int) -> str:
+    """The host memory a node needs: every GPU's offloaded bytes (pinned on GPUs), one node of up to
+    GPUS_PER_NODE GPUs."""
+    gpus = min(run.world_size, GPUS_PER_NODE)
+    return f"host memory per node of {gpus} GPU{'s' if gpus > 1 else ''}: {size(gpus * host_per_gpu)} (pinned)"
 
 
 def _count(n: int) -> str:
@@ -112,7 +129,11 @@ def format_plan(recipe_name: str, model_source: str, run: DryRun, capacity: Capa
         f"  {'headroom':<18}{(capacity.usable - memory.peak) / unit_size:>9.2f}",
     ]
     if memory.host:
-        lines.append(f"  {'host memory':<18}{memory.host / unit_size:>9.2f}   (offloaded, per GPU)")
+        parts = ", ".join(
+            f"{_HOST_LABELS[name]} {size(value)}" for name, value in memory.host_categories.items() if value
+        )
+        lines.append(f"  {'host memory':<18}{memory.host / unit_size:>9.2f}   (per GPU, offloaded: {parts})")
+        lines.append(f"  {'':<18}{'':>9}   {host_per_node(run, memory.host)}")
     lines += [f"  note: {note}" for note in run.notes]
     lines += [f"  dry run: {run.seconds:.1f} s", verdict(run, capacity)]
     return "\n".join(lines)
@@ -138,4 +159,5 @@ def dry_run_from_json(entry: dict[str, Any]) -> DryRun:
     fields = {f.name for f in dataclasses.fields(DryRun)}
     values = {k: v for k, v in entry.items() if k in fields}
     values["memory"] = MemoryPlan(**values["memory"])
+    values["live_at_limit"] = [LiveStorage(**live) for live in values.get("live_at_limit", [])]
     return DryRun(**values)

@@ -4,10 +4,19 @@ A binary search over dry runs: the stage with another seq_len and SP degree, eve
 recipe says (model, world size, activation policies, whether gradients accumulate). Memory grows with
 the length, so the answer is the largest length whose dry run fits. A probe that does not fit stops as
 soon as it holds more than the usable memory, so the failing half of the search is cheap.
+
+Shallow probes: decoder layers are identical, so each phase of the step (forward, backward, optimizer
+step) holds a fixed part plus the same amount per layer, and its peak is linear in the number of
+layers L; the step's peak, the largest of these lines, is convex in L. The search therefore probes
+with 2 and 4 layers and extends the line through them to the model's depth, which can only
+underestimate the full peak (a convex function lies above its chords' extensions). The longest length
+found that way is then checked with a dry run of all layers, stepping down until one fits, so the
+answer is always a full dry run's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +29,7 @@ from prolong.plan.dry_run import DryRun, Target, dry_run
 from prolong.plan.report import Capacity, fits
 
 GRANULE = 1024  # lengths are searched in whole K tokens
+PROBE_LAYERS = (2, 4)  # the shallow probes' depths (see the module docstring)
 MAX_SEARCH_TOKENS = 64 * 2**20  # 64M: beyond this the search reports "at least"
 
 
@@ -32,6 +42,7 @@ class LengthResult:
     at_least: bool  # the search stopped at MAX_SEARCH_TOKENS with everything fitting
     peak: int  # per-GPU peak bytes of the dry run at max_seq_len (0 when nothing fits)
     dry_runs: int
+    host: int = 0  # per-GPU host bytes there (what offload holds)
 
 
 def sp_degrees(world_size: int, num_attention_heads: int, num_key_value_heads: int | None) -> list[int]:
@@ -95,6 +106,75 @@ def longest_fitting(
     return best, best_peak, too_long is None, runs
 
 
+def _shallow(run_2: DryRun, run_4: DryRun, layers: int) -> DryRun:
+    """A probe of `layers` layers extended from dry runs of 2 and 4 (a lower bound of its peak)."""
+    low, high = PROBE_LAYERS
+    slope = (run_4.memory.peak - run_2.memory.peak) / (high - low)
+    peak = int(run_4.memory.peak + slope * (layers - high))
+    memory = dataclasses.replace(run_4.memory, peak=peak)
+    return dataclasses.replace(run_4, memory=memory, complete=run_2.complete and run_4.complete)
+
+
+def longest_length(
+    recipe: Recipe,
+    stage: StageSpec,
+    world_size: int,
+    config: PretrainedConfig,
+    capacity: Capacity,
+    sp: int,
+    target: Target = "cuda",
+    progress: Callable[[str], None] | None = None,
+    precision: float = 1 / 16,
+    start: int | None = None,
+) -> LengthResult:
+    """The longest seq_len of `stage` at SP degree `sp` that fits `capacity` at `world_size` (the
+    search's lengths start at `start`, default the stage's seq_len)."""
+    index = recipe.stages.index(stage)
+    per_rank = stage.sequences_per_step // max(1, world_size // stage.sequence_parallel)
+    accumulate = per_rank > 1
+    layers = config.num_hidden_layers
+    shallow = layers > PROBE_LAYERS[1]
+    host: dict[int, int] = {}  # of the dry runs of all layers, by length
+
+    def dry(length: int, depth: int | None) -> DryRun:
+        candidate = stage_at(stage, length, sp, world_size, accumulate)
+        stages = [*recipe.stages[:index], candidate, *recipe.stages[index + 1 :]]
+        planned = recipe.model_copy(update={"stages": stages})
+        run = dry_run(planned, candidate, world_size, config, target, limit=capacity.usable, layers=depth)
+        if depth is None:
+            host[length] = run.memory.host
+        return run
+
+    def report(length: int, run: DryRun, how: str) -> None:
+        if progress is not None:
+            shown = f"{run.memory.peak / 2**30:.1f} GiB" if run.complete else "over"
+            progress(f"  sp {sp}: {length:,} tokens -> {shown} ({how}, {run.seconds:.0f} s)")
+
+    def probe(length: int) -> DryRun:
+        if not shallow:
+            run = dry(length, None)
+            report(length, run, "all layers")
+            return run
+        run_2 = dry(length, PROBE_LAYERS[0])
+        run_4 = dry(length, PROBE_LAYERS[1]) if run_2.complete else run_2
+        run = _shallow(run_2, run_4, layers)
+        run.seconds = run_2.seconds + (run_4.seconds if run_4 is not run_2 else 0)
+        report(length, run, f"{PROBE_LAYERS[0]} and {PROBE_LAYERS[1]} layers extended to {layers}")
+        return run
+
+    best, peak, capped, runs = longest_fitting(probe, capacity, start or stage.seq_len, precision)
+    while shallow and best:  # the answer is a dry run of all layers
+        runs += 1
+        run = dry(best, None)
+        report(best, run, "all layers")
+        if fits(run, capacity):
+            peak = run.memory.peak
+            break
+        best = int(best * (1 - precision)) // GRANULE * GRANULE
+        capped = False
+    return LengthResult(sp, best, capped, peak, runs, host.get(best, 0))
+
+
 def max_lengths(
     recipe: Recipe,
     stage: StageSpec,
@@ -105,29 +185,8 @@ def max_lengths(
     progress: Callable[[str], None] | None = None,
 ) -> list[LengthResult]:
     """For each allowed SP degree, the longest seq_len of `stage` that fits `capacity` at `world_size`."""
-    index = recipe.stages.index(stage)
-    per_rank = stage.sequences_per_step // max(1, world_size // stage.sequence_parallel)
-    accumulate = per_rank > 1
-    results = []
     heads = config.num_attention_heads
-    for sp in sp_degrees(world_size, heads, getattr(config, "num_key_value_heads", None)):
-
-        def probe(length: int, sp: int = sp) -> DryRun:
-            candidate = stage_at(stage, length, sp, world_size, accumulate)
-            stages = [*recipe.stages[:index], candidate, *recipe.stages[index + 1 :]]
-            run = dry_run(
-                recipe.model_copy(update={"stages": stages}),
-                candidate,
-                world_size,
-                config,
-                target,
-                limit=capacity.usable,
-            )
-            if progress is not None:
-                shown = f"{run.memory.peak / 2**30:.1f} GiB" if run.complete else "over"
-                progress(f"  sp {sp}: {length:,} tokens -> {shown} ({run.seconds:.0f} s)")
-            return run
-
-        best, peak, capped, runs = longest_fitting(probe, capacity, start=stage.seq_len)
-        results.append(LengthResult(sp, best, capped, peak, runs))
-    return results
+    return [
+        longest_length(recipe, stage, world_size, config, capacity, sp, target, progress)
+        for sp in sp_degrees(world_size, heads, getattr(config, "num_key_value_heads", None))
+    ]

@@ -34,6 +34,7 @@ from prolong.config import Recipe, StageSpec, derived_numbers, save_recipe, warm
 from prolong.data.build import resolve_tokenizer
 from prolong.data.mixture import StageMixture
 from prolong.errors import UserError
+from prolong.layout import validate_sequence_parallel
 from prolong.model.attention import (
     DocumentKernel,
     check_attention_support,
@@ -48,8 +49,14 @@ from prolong.model.loss import (
     resolve_loss_kernel,
 )
 from prolong.model.rope import apply_rope_config, set_model_rope
-from prolong.parallel.mesh import ParallelMesh, validate_sequence_parallel
-from prolong.parallel.parallelize import ActivationPolicy, hf_model_of, parallelize, stage_activation_policy
+from prolong.parallel.mesh import ParallelMesh
+from prolong.parallel.parallelize import (
+    ActivationPolicy,
+    hf_model_of,
+    materialize,
+    parallelize,
+    stage_activation_policy,
+)
 from prolong.train.checkpoint import checkpoint_dirs, load_optimizer_state, resumable_checkpoint
 from prolong.train.loop import StageRun
 from prolong.train.metrics import plot_stage
@@ -97,15 +104,6 @@ def model_source(recipe: Recipe, index: int) -> Path:
     return model_dir
 
 
-def tokenizer_dir(recipe: Recipe) -> str:
-    """The recipe's tokenizer, which `prolong data build` has already made when it is trained locally."""
-    if recipe.tokenizer.train_vocab_size is not None and not (Path(recipe.output_dir) / "tokenizer").is_dir():
-        raise UserError(
-            f"no tokenizer under {recipe.output_dir}/tokenizer yet; run `prolong data build` first"
-        )
-    return resolve_tokenizer(recipe, show_progress=False)
-
-
 def model_heads(recipe: Recipe) -> tuple[int, int]:
     """(query heads, key/value heads) of the recipe's model, read without loading weights."""
     if recipe.model.init is not None:
@@ -132,7 +130,7 @@ def ensure_init_model(recipe: Recipe, mesh: ParallelMesh) -> None:
     """Write the tiny recipe's random model once (rank 0), seeded by the recipe, sized by its tokenizer."""
     spec, out = recipe.model.init, Path(recipe.output_dir) / "init"
     if spec is not None and mesh.is_main and not (out / "config.json").is_file():
-        init_model(spec, out, seed=recipe.seed, tokenizer_dir=tokenizer_dir(recipe))
+        init_model(spec, out, seed=recipe.seed, tokenizer_dir=resolve_tokenizer(recipe, train_missing=False))
     mesh.barrier()
 
 
@@ -233,7 +231,7 @@ def build_model(
         print(f"stage {stage.name}: {policy.describe()}", flush=True)  # tiled_mlp: auto resolved
     if mesh.world_size > 1:
         if not mesh.is_main:
-            wrapped.to_empty(device=mesh.device)
+            materialize(wrapped, mesh.device, policy.offload_parameters)  # offloaded shards: host memory
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         set_model_state_dict(wrapped, full_weights, options=options)
         if not mesh.is_main:
@@ -270,7 +268,7 @@ def prepare_stage(
     recipe = resolve_installed_choices(recipe, mesh)
     stage = recipe.stages[index]
     out = stage_dir(recipe, stage)
-    tokenizer = load_tokenizer(tokenizer_dir(recipe))
+    tokenizer = load_tokenizer(resolve_tokenizer(recipe, train_missing=False))
     if _source_stage_dir(recipe, index) is None:
         ensure_init_model(recipe, mesh)
     if checkpoint_dirs(out / "checkpoints") and not resume:
@@ -282,7 +280,7 @@ def prepare_stage(
     model = build_model(recipe, stage, model_source(recipe, index), mesh)
     optimizer = build_optimizer(model, recipe.optimizer, stage.lr)
     num_steps = min(stage.num_steps, max_steps) if max_steps else stage.num_steps
-    warmup = warmup_steps(stage.model_copy(update={"steps": num_steps, "total_tokens": None}))
+    warmup = warmup_steps(stage, num_steps)
     run = StageRun(
         stage=stage,
         model=model,

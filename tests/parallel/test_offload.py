@@ -156,6 +156,26 @@ def test_parallelized_step_bitwise_equal(policy_results: dict, case: str) -> Non
         assert ref["offloaded_tensors"] == 0
 
 
+@pytest.mark.distributed
+@pytest.mark.parametrize("case", [f"{a}_sp{sp}" for sp in (1, 2) for a in ARCHS])
+def test_parameter_offload_step_bitwise_equal(policy_results: dict, case: str) -> None:
+    """FSDP2's CPUOffloadPolicy (training.offload_parameters) on the CPU device, SP 1 and 2: loss,
+    gradients, gradient norm and the AdamW update bitwise equal to the step without it. On the CPU its
+    host copies are no-ops: this proves the wiring and the optimizer step on offloaded shards, not the
+    GPU's copies and streams."""
+    results = policy_results[case]
+    ref = results["plain"]
+    assert not ref["parameters_offloaded"]
+    for name in ("offload_parameters", "offload_everything"):
+        got = results[name]
+        assert got["parameters_offloaded"], f"{case} {name}"
+        assert torch.equal(got["loss"], ref["loss"]) and torch.equal(got["grad_norm"], ref["grad_norm"])
+        for key in ("grads", "updated"):
+            assert got[key].keys() == ref[key].keys()
+            for param, value in got[key].items():
+                assert torch.equal(value, ref[key][param]), f"{case} {name} {key} {param}"
+
+
 def planned_memory(offload: bool, layers: int, tokens: int) -> tuple[dict, dict, int]:
     """Tracked bytes by device after a fake-tensor forward and at the peak of forward + backward (as
     `prolong plan` runs the step), and the offloader's peak host bytes."""

@@ -60,11 +60,34 @@ def test_offloaded_activations_are_host_memory() -> None:
     assert with_host.memory.activations < on_gpu.memory.activations
 
 
+def test_offloaded_parameters_and_optimizer_state_are_host_memory() -> None:
+    """training.offload_parameters (FSDP2's CPUOffloadPolicy): the sharded float32 parameters, their
+    gradients and AdamW's state count as host memory, byte for byte what the GPU held without it."""
+    recipe = validation_recipe(ACCUMULATING)
+    offload = recipe.model_copy(
+        update={"training": recipe.training.model_copy(update={"offload_parameters": True})}
+    )
+    on_gpu, on_host = _plan(recipe), _plan(offload)
+    assert "parameter offload on" in on_host.activation_policy
+    for kind in ("Sharded Param", "Sharded Grad", "OptState"):
+        assert on_host.memory.tracker[kind] == 0 < on_gpu.memory.tracker[kind]
+    assert on_host.memory.optimizer_state == 0
+    host = on_host.memory.host_categories
+    assert host["parameters"] == on_gpu.memory.tracker["Sharded Param"]
+    assert host["optimizer_state"] == on_gpu.memory.optimizer_state
+    assert 0 < host["gradients"] <= on_gpu.memory.tracker["Sharded Param"]  # float32, sharded
+    assert on_host.memory.host == sum(host.values())
+    # the device keeps what the step computes with: its peak drops by at least the state it held then
+    held = on_gpu.memory.tracker["Sharded Param"] + on_gpu.memory.optimizer_state
+    assert on_host.memory.peak <= on_gpu.memory.peak - held
+    assert any("parameter offload: not counted" in note for note in on_host.notes)
+
+
 def test_stage_that_cannot_run_names_the_recipe_key() -> None:
     recipe = load_recipe("prolong-8b")
     stage2 = recipe.stage("stage2-512k")
     config = plan_model(recipe).config
-    with pytest.raises(RecipeError, match="stage2-512k.*does not divide world size 12"):
+    with pytest.raises(RecipeError, match="stage2-512k.*does not divide the world size 12"):
         dry_run(recipe, stage2, 12, config)
     with pytest.raises(RecipeError, match="cannot be split evenly over 128 data-parallel ranks"):
         dry_run(recipe, recipe.stage("stage1-64k"), 128, config)
