@@ -184,6 +184,16 @@ def mean_score(summary: dict[str, Any], keep: Any = lambda n: True) -> float | N
     return statistics.fmean(scores) if scores else None
 
 
+CLEAR_NATS = 0.1  # a loss difference the report calls clear; smaller ones are named as slight
+
+
+def _verdict(delta: float, up: str, down: str, flat: str) -> str:
+    """Words for a loss change: `up` when it clearly rises, `down` when it clearly falls, else `flat`."""
+    if abs(delta) < CLEAR_NATS:
+        return f"{flat} (under {CLEAR_NATS} nats)"
+    return up if delta > 0 else down
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -212,7 +222,7 @@ def effect_section(recipe: Recipe, summaries: dict[str, dict[str, Any]], perplex
             final_last = range_loss(perplexity[final], *ranges[-1])
             lines += ["", (
                 f"Beyond its {format_count(base.seq_len)} training tokens the base's loss goes from {within:.3f} to "
-                f"{beyond:.3f} ({beyond - within:+.3f} nats: {'it fails there' if beyond > within else 'it does not rise'}); "
+                f"{beyond:.3f} ({beyond - within:+.3f} nats: {_verdict(beyond - within, 'it fails there', 'it does not rise', 'about flat')}); "
                 f"{final} has {final_beyond:.3f} beyond {format_count(base.seq_len)} ({final_beyond - beyond:+.3f} vs the "
                 f"base) and {final_last:.3f} at positions {format_count(ranges[-1][0])}-{format_count(seq_len)}."
             )]
@@ -224,7 +234,7 @@ def effect_section(recipe: Recipe, summaries: dict[str, dict[str, Any]], perplex
                 f"Within {format_count(result['seq_len'])}-token documents, {name}'s loss at positions "
                 f"{early['start']}-{early['end']} is {early['loss']:.3f} and at {late['start']}-{late['end']} "
                 f"{late['loss']:.3f} ({late['loss'] - early['loss']:+.3f}: "
-                f"{'it uses its context' if late['loss'] < early['loss'] else 'no gain from context'})."
+                f"{_verdict(late['loss'] - early['loss'], 'no gain from context', 'it uses its context', 'little gain from context')})."
             )]
     labels = list(summaries)
     if len(labels) >= 2:
@@ -357,10 +367,14 @@ moves in large steps; read the direction, and compare seeds.
 
 # ---------------------------------------------------------------------------------------------- ablations
 def _direction(delta_loss: float, delta_recall: float, loss_tie: float, recall_tie: float) -> str:
-    """Whether the reference beats a variant on both measures (ties within the given noise margins)."""
+    """Whether the reference (ProLong's choice) beats a variant on each measure (ties within the noise
+    margins), and so whether ProLong's finding reproduces here: yes / no / mixed / within noise."""
     loss = "tie" if abs(delta_loss) < loss_tie else ("better" if delta_loss < 0 else "worse")
     recall = "tie" if abs(delta_recall) < recall_tie else ("better" if delta_recall > 0 else "worse")
-    return f"loss {loss}, recall {recall}"
+    verdicts = {loss, recall} - {"tie"}
+    verdict = ("within noise" if not verdicts else "mixed" if len(verdicts) == 2
+               else "yes" if verdicts == {"better"} else "no")
+    return f"loss {loss}, recall {recall}: **{verdict}**"
 
 
 def plot_ablation(perplexity: dict[str, dict[str, Any]], deltas: dict[str, tuple[float, float]],
@@ -429,7 +443,7 @@ def write_ablation_report(run: Recipe, results: dict[str, dict[str, Any]], ablat
     seq_len = results["reference"]["perplexity"]["seq_len"]
     header = ["run", "what differs from the reference", f"loss beyond {format_count(base_len)}",
               "reference - run", f"recall {', '.join(format_count(n) for n in lengths)}", "reference - run",
-              "ProLong's finding", "the reference here"]
+              "ProLong's finding", "the reference here: reproduces?"]
     text = f"""# {run.name}: ablations of the first long stage
 
 Paired runs from the same base model ({run.stages[0].name}, {format_count(base_len)} tokens), seed {run.seed}, each
@@ -448,8 +462,8 @@ the mean by {recall_tie:.1f}, so differences smaller than that are ties, as are 
 
 Every run here is minutes of CPU on a model of a few million parameters; ProLong's findings are on Llama-3-8B
 with billions of tokens and HELMET. A direction that agrees is a reproduction in kind, not in size; one that
-disagrees may be the scale, the few examples, or a real difference. Both seeds of the README differ only in
-the base's seed and data order.
+disagrees may be the scale, the few examples, or a real difference. To check a direction on another seed:
+`prolong demo --seed N --out-dir DIR`, then `prolong ablate --run-dir DIR`.
 """
     path = out_dir / "ablation.md"
     path.write_text(text, encoding="utf-8")

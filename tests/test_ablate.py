@@ -64,3 +64,33 @@ def test_ablate_refuses_a_directory_without_a_demo_run(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="no demo run"):
         ablate(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_ablate_runs_paired_stages_from_a_demo_base_and_writes_the_table(tmp_path: Path) -> None:
+    """tiny-smoke's base, then the reference and one ablation of one step each: the table and plot exist,
+    the variant really trained with the base's RoPE (theta kept) and the reference with the raised one."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "smoke"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    demo = [sys.executable, "-m", "prolong", "demo", "--recipe", "tiny-smoke", "--out-dir", str(out),
+            "--corpus-mb", "3"]
+    subprocess.run(demo, check=True, capture_output=True, text=True, timeout=600, env=env)
+    ablate = [sys.executable, "-m", "prolong", "ablate", "--run-dir", str(out), "--steps", "1", "--examples", "1",
+              "--only", "rope-kept"]
+    result = subprocess.run(ablate, check=False, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = (out / "ablate" / "ablation.md").read_text()
+    for row in ("| base (no extension) |", "| reference |", "| rope-kept |"):
+        assert row in table
+    assert (out / "ablate" / "ablation.png").stat().st_size > 10_000
+    thetas = {}
+    for name in ("reference", "rope-kept"):
+        export = next((out / "ablate" / name).glob("*/export/config.json"))
+        config = json.loads(export.read_text())
+        thetas[name] = config.get("rope_theta") or config["rope_parameters"]["rope_theta"]
+    assert thetas == {"reference": 1.0e5, "rope-kept": 1.0e4}

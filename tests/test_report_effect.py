@@ -1,0 +1,53 @@
+"""The report's effect section: position ranges, range losses and recall means from a run's files."""
+
+from __future__ import annotations
+
+import pytest
+
+from prolong.config import load_recipe
+from prolong.report import effect_section, mean_score, position_ranges, range_loss
+
+
+def _perplexity(seq_len: int, losses: list[float]) -> dict:
+    width = seq_len // len(losses)
+    buckets = [{"start": i * width, "end": (i + 1) * width, "loss": loss} for i, loss in enumerate(losses)]
+    return {"seq_len": seq_len, "documents": 2, "buckets": buckets}
+
+
+def test_position_ranges_split_at_the_base_length_and_each_longer_eval_length() -> None:
+    assert position_ranges(512, 8192, [512, 1024, 2048, 4096, 8192]) == [
+        (0, 512), (512, 1024), (1024, 2048), (2048, 4096), (4096, 8192)]
+    assert position_ranges(512, 512, [512, 2048]) == [(0, 512)]  # nothing beyond the base
+
+
+def test_range_loss_averages_the_buckets_inside_and_refuses_an_empty_range() -> None:
+    result = _perplexity(1024, [4.0, 3.0, 5.0, 7.0])
+    assert range_loss(result, 0, 512) == pytest.approx(3.5)
+    assert range_loss(result, 512, 1024) == pytest.approx(6.0)
+    with pytest.raises(ValueError, match="no bucket"):
+        range_loss(result, 100, 200)
+
+
+def test_mean_score_filters_lengths() -> None:
+    summary = {"tasks": {"a": {"512": 50.0, "2048": 0.0}, "b": {"512": 100.0, "2048": 10.0}}}
+    assert mean_score(summary, lambda n: n <= 512) == pytest.approx(75.0)
+    assert mean_score(summary, lambda n: n > 512) == pytest.approx(5.0)
+    assert mean_score(summary, lambda n: n > 8192) is None
+
+
+def test_effect_section_says_which_way_each_number_went() -> None:
+    recipe = load_recipe("tiny-demo", output_dir="/tmp/run")
+    base, final = recipe.stages[0].name, recipe.stages[-1].name
+    rising = _perplexity(8192, [5.0] * 2 + [6.0] * 14)  # 512-token buckets: base fails beyond 512
+    flat = _perplexity(8192, [5.0] * 16)
+    summaries = {f"before ({base})": {"tasks": {"niah": {"512": 50.0, "2048": 0.0}}},
+                 f"after ({final})": {"tasks": {"niah": {"512": 40.0, "2048": 25.0}}}}
+    short = {base: _perplexity(512, [6.0, 5.0, 4.0, 3.5]), final: _perplexity(512, [6.0, 5.95])}
+    text = effect_section(recipe, summaries, {base: rising, final: flat}, short)
+    assert f"Seed {recipe.seed}" in text
+    assert "from 5.000 to 5.933 (+0.933 nats: it fails there)" in text
+    assert f"{final} has 5.000 beyond 512 (-0.933 vs the base)" in text
+    assert "6.000 and at 384-512 3.500 (-2.500: it uses its context)" in text
+    assert "at <= 512 tokens before (base-512) 50.0, after (sft) 40.0" in text
+    assert "before (base-512) 0.0, after (sft) 25.0" in text
+    assert "(-0.050: little gain from context (under 0.1 nats))" in text
