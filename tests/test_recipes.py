@@ -149,7 +149,7 @@ def test_inconsistent_recipes_are_refused(mutate, expected):
 def test_world_size_that_cannot_split_a_step_is_refused():
     recipe = load_recipe("prolong-8b")
     stage2 = [recipe.stage("stage2-512k")]
-    with pytest.raises(RecipeError, match="sequence_parallel=8 does not divide world size 12"):
+    with pytest.raises(RecipeError, match="sequence_parallel=8 does not divide the world size 12"):
         derived_numbers(recipe, world_size=12, stages=stage2)
     with pytest.raises(RecipeError, match="cannot be split evenly"):
         derived_numbers(recipe, world_size=8 * 32, stages=stage2)  # 32 DP ranks for 16 sequences

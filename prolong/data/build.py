@@ -46,11 +46,12 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def resolve_tokenizer(recipe: Recipe, show_progress: bool = True) -> str:
+def resolve_tokenizer(recipe: Recipe, show_progress: bool = True, train_missing: bool = True) -> str:
     """The tokenizer directory of a recipe: tokenizer.path, a trained one, or the model's own.
 
     With `tokenizer.train_vocab_size`, a byte-level BPE is trained on the recipe's own sources into
-    <output_dir>/tokenizer (reused when present).
+    <output_dir>/tokenizer (reused when present); train_missing=False (training, which must use the
+    tokenizer its shards were built with) refuses instead of training one.
     """
     spec = recipe.tokenizer
     if spec.path is not None:
@@ -58,6 +59,8 @@ def resolve_tokenizer(recipe: Recipe, show_progress: bool = True) -> str:
     if spec.train_vocab_size is not None:
         out = Path(recipe.output_dir) / "tokenizer"
         if not (out / "tokenizer.json").exists():
+            if not train_missing:
+                raise UserError(f"no tokenizer under {out} yet; run `prolong data build` first")
             from prolong.data.tokenizer_train import train_tokenizer
 
             if show_progress:

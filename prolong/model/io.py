@@ -26,6 +26,7 @@ from transformers import (
 
 from prolong.config import TinyModel
 from prolong.hf_dirs import require_model_dir, require_tokenizer_dir
+from prolong.layout import check_head_layout
 from prolong.model.attention import BACKENDS, register_attention
 from prolong.model.rope import YarnScaling, apply_rope_config
 from prolong.publish import staged_dir
@@ -149,15 +150,7 @@ def build_config(
     """A standard transformers config for one of the supported architectures (full attention, untied)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
-    if hidden_size % num_attention_heads:
-        raise ValueError(
-            f"hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
-        )
-    if num_attention_heads % num_key_value_heads:
-        raise ValueError(
-            f"num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads "
-            f"{num_key_value_heads}"
-        )
+    check_head_layout(num_attention_heads, num_key_value_heads, hidden_size)
     kwargs: dict[str, Any] = {
         "vocab_size": vocab_size,
         "hidden_size": hidden_size,

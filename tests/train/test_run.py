@@ -129,7 +129,7 @@ def test_refused_before_anything_starts(full_run: dict, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="sequence_parallel=3"):
         validate_run(recipe_from_dict(recipe), recipe_from_dict(recipe).stages, world_size=3)
     recipe["stages"][0]["sequence_parallel"] = 2
-    with pytest.raises(Exception, match="does not divide world size 3"):
+    with pytest.raises(Exception, match="does not divide the world size 3"):
         validate_run(recipe_from_dict(recipe), recipe_from_dict(recipe).stages, world_size=3)
     assert not (tmp_path / "never").exists()
 
