@@ -434,8 +434,10 @@ class EvalSpec(Strict):
     )
     chat: bool | None = Field(
         None,
-        description="chat template (true) or base prompting with the answer prefix (false); none: chat when "
-        "the tokenizer has a chat template",
+        description="chat template (true) or base prompting with the answer prefix (false) for the tasks "
+        "HELMET prompts through a chat template (QA and summarization: narrativeqa, infbench_qa/choice/sum, "
+        "multi_lexsum); recall, RAG, re-rank, ICL and RULER are base-prompted either way, as in HELMET; "
+        "none: chat when the tokenizer has a chat template",
     )
     engine: Literal["auto", "hf", "vllm"] = Field(
         "auto",

@@ -81,7 +81,7 @@ def load_model(
     nothing is downloaded), safetensors weights only, the checkpoint's own code only with
     trust_remote_code. dtype: a torch dtype, a name (float32, bf16, ...) or "auto" (the checkpoint's).
     attn_implementation: None for prolong's document-masked attention (backend chosen automatically), a
-    prolong backend name (varlen, flash_attn, sdpa_per_doc, cross_document) to force one, or any name
+    prolong backend name (varlen, flash_attn, sdpa_per_doc, causal) to force one, or any name
     transformers knows (sdpa, eager). RoPE changes are applied to the config before the weights load, so
     the rotary embeddings are built with them.
     """
