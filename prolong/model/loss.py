@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 
 from prolong.errors import UserError
 from prolong.model.batch import IGNORE_INDEX, PackedBatch, attention_kwargs
+from prolong.parallel.tiled_mlp import tile_starts
 
 
 def _chunk_loss_sum(
@@ -108,7 +109,8 @@ def chunked_cross_entropy(
     # One chunk: its logits exist in forward or in the recomputation either way, so checkpointing would
     # only compute them twice.
     several = hidden_TD.shape[0] > chunk_tokens
-    for start in range(0, hidden_TD.shape[0], chunk_tokens):
+    # on fake tensors (prolong plan) only the distinct chunks: every full chunk allocates the same
+    for start in tile_starts(hidden_TD, hidden_TD.shape[0], chunk_tokens):
         labels_C = labels_T[start : start + chunk_tokens]
         hidden_CD = hidden_TD[start : start + chunk_tokens]
         if several and (hidden_TD.requires_grad or weight_VD.requires_grad):

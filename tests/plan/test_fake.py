@@ -97,3 +97,33 @@ def _bookkeeping_and_limit(model: torch.nn.Module) -> None:
         assert not isinstance(mask, FakeTensor)
         with pytest.raises(OverLimit), DryRunTracker(model, limit=1000):
             torch.empty(10**6)
+
+
+def test_only_distinct_tiles_and_chunks_on_fake_tensors_keep_the_peak(monkeypatch) -> None:
+    """Dry runs compute the first and a shorter last tile of the tiled MLP and norms and of the chunked
+    loss only (tiled_mlp.tile_starts): the peak is the same as computing them all, to a few scalars."""
+    import dataclasses
+
+    from prolong.model import loss
+    from prolong.parallel import tiled_mlp
+    from prolong.plan.dry_run import dry_run
+    from prolong.plan.measure import VALIDATION_CASES, validation_recipe
+    from prolong.plan.model_config import plan_model
+
+    case = dataclasses.replace(VALIDATION_CASES[0], seq_len=17 * 1024, tiled_mlp=True)
+    recipe = validation_recipe(case)
+    recipe = recipe.model_copy(update={"training": recipe.training.model_copy(update={"tiled_norms": True})})
+    config = plan_model(recipe).config
+
+    def plan():
+        return dry_run(recipe, recipe.stages[0], case.world_size, config, target="cpu").memory
+
+    distinct = plan()
+    every = lambda x, num_tokens, tile: list(range(0, num_tokens, tile))  # noqa: E731
+    monkeypatch.setattr(tiled_mlp, "tile_starts", every)
+    monkeypatch.setattr(loss, "tile_starts", every)
+    every_tile = plan().categories()
+    # the same, but for the loss's running sum: one float32 scalar per chunk skipped (512-byte blocks)
+    skipped_chunks = case.seq_len // recipe.training.loss_chunk_tokens - 2
+    assert 0 <= every_tile.pop("temporaries") - distinct.categories()["temporaries"] <= 512 * skipped_chunks
+    assert every_tile == {k: v for k, v in distinct.categories().items() if k != "temporaries"}
