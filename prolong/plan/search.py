@@ -5,13 +5,11 @@ recipe says (model, world size, activation policies, whether gradients accumulat
 the length, so the answer is the largest length whose dry run fits. A probe that does not fit stops as
 soon as it holds more than the usable memory, so the failing half of the search is cheap.
 
-Shallow probes: decoder layers are identical, so each phase of the step (forward, backward, optimizer
-step) holds a fixed part plus the same amount per layer, and its peak is linear in the number of
-layers L; the step's peak, the largest of these lines, is convex in L. The search therefore probes
-with 2 and 4 layers and extends the line through them to the model's depth, which can only
-underestimate the full peak (a convex function lies above its chords' extensions). The longest length
-found that way is then checked with a dry run of all layers, stepping down until one fits, so the
-answer is always a full dry run's.
+Shallow probes: decoder layers are identical, so past the first few the peak grows by about the same
+amount per layer. The search therefore probes with 2 and 4 layers and extends the line through them to
+the model's depth: an estimate, cheap at any length (a dry run's cost is mostly per layer). The length
+it finds is then settled with dry runs of all layers, stepping up while the next length still fits and
+down until one does, so the answer is always a full dry run's.
 """
 
 from __future__ import annotations
@@ -106,6 +104,33 @@ def longest_fitting(
     return best, best_peak, too_long is None, runs
 
 
+def settle(
+    probe: Callable[[int], DryRun], capacity: Capacity, estimate: int, precision: float
+) -> tuple[int, int, int]:
+    """(longest length that fits, its peak, dry runs) near `estimate`, in steps of `precision`: up while
+    the next length still fits, else down until one does."""
+    def step(length: int, sign: int) -> int:  # by `precision`, at least one GRANULE
+        rounded = int(length * (1 + sign * precision)) // GRANULE * GRANULE
+        return max(length + GRANULE, rounded) if sign > 0 else max(GRANULE, min(length - GRANULE, rounded))
+
+    run, runs = probe(estimate), 1
+    if fits(run, capacity):
+        best, peak = estimate, run.memory.peak
+        while best < MAX_SEARCH_TOKENS:
+            run, runs = probe(step(best, +1)), runs + 1
+            if not fits(run, capacity):
+                break
+            best, peak = step(best, +1), run.memory.peak
+        return best, peak, runs
+    length = estimate
+    while length > GRANULE:
+        length = step(length, -1)
+        run, runs = probe(length), runs + 1
+        if fits(run, capacity):
+            return length, run.memory.peak, runs
+    return 0, 0, runs
+
+
 def _shallow(run_2: DryRun, run_4: DryRun, layers: int) -> DryRun:
     """A probe of `layers` layers extended from dry runs of 2 and 4 (a lower bound of its peak)."""
     low, high = PROBE_LAYERS
@@ -150,11 +175,14 @@ def longest_length(
             shown = f"{run.memory.peak / 2**30:.1f} GiB" if run.complete else "over"
             progress(f"  sp {sp}: {length:,} tokens -> {shown} ({how}, {run.seconds:.0f} s)")
 
+    def full(length: int) -> DryRun:
+        run = dry(length, None)
+        report(length, run, "all layers")
+        return run
+
     def probe(length: int) -> DryRun:
         if not shallow:
-            run = dry(length, None)
-            report(length, run, "all layers")
-            return run
+            return full(length)
         run_2 = dry(length, PROBE_LAYERS[0])
         run_4 = dry(length, PROBE_LAYERS[1]) if run_2.complete else run_2
         run = _shallow(run_2, run_4, layers)
@@ -163,15 +191,10 @@ def longest_length(
         return run
 
     best, peak, capped, runs = longest_fitting(probe, capacity, start or stage.seq_len, precision)
-    while shallow and best:  # the answer is a dry run of all layers
-        runs += 1
-        run = dry(best, None)
-        report(best, run, "all layers")
-        if fits(run, capacity):
-            peak = run.memory.peak
-            break
-        best = int(best * (1 - precision)) // GRANULE * GRANULE
-        capped = False
+    if shallow and best:
+        best, peak, settled = settle(full, capacity, best, precision)
+        runs += settled
+        capped = best >= MAX_SEARCH_TOKENS
     return LengthResult(sp, best, capped, peak, runs, host.get(best, 0))
 
 

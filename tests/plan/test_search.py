@@ -1,9 +1,10 @@
-"""--max-length: shallow probes (2 and 4 layers, extended) are a lower bound, the answer a full dry run."""
+"""--max-length: shallow probes (2 and 4 layers, extended) settled with full dry runs; suggestions."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,25 +12,24 @@ from prolong.plan.dry_run import dry_run
 from prolong.plan.measure import VALIDATION_CASES, validation_recipe
 from prolong.plan.model_config import plan_model
 from prolong.plan.report import Capacity, fits
-from prolong.plan.search import GRANULE, PROBE_LAYERS, _shallow, longest_length
+from prolong.plan.search import GRANULE, longest_length, settle
 from prolong.plan.suggest import suggest_switches
 
 CASE = dataclasses.replace(VALIDATION_CASES[0], seq_len=1024)
 LAYERS = 6
 
 
-@pytest.mark.parametrize("policy", [{}, {"offload_activations": True, "offload_parameters": True}])
-def test_extended_shallow_probe_is_a_tight_lower_bound(policy: dict) -> None:
-    recipe = validation_recipe(CASE)
-    recipe = recipe.model_copy(update={"training": recipe.training.model_copy(update=policy)})
-    config = plan_model(recipe).config
+@pytest.mark.parametrize("estimate", [3 * GRANULE, 40 * GRANULE, 70 * GRANULE])
+def test_settle_finds_the_longest_fitting_length_from_any_estimate(estimate: int) -> None:
+    """The shallow estimate is settled with full dry runs: up while the next still fits, else down."""
+    limit = 50 * GRANULE  # stand-in dry runs: the peak is the length, so lengths up to 50K fit
 
-    def run(layers: int):
-        return dry_run(recipe, recipe.stages[0], CASE.world_size, config, target="cpu", layers=layers)
+    def probe(length: int) -> SimpleNamespace:
+        return SimpleNamespace(memory=SimpleNamespace(peak=length))
 
-    extended = _shallow(run(PROBE_LAYERS[0]), run(PROBE_LAYERS[1]), LAYERS).memory.peak
-    full = run(LAYERS).memory.peak
-    assert extended <= full <= extended * 1.01
+    best, peak, runs = settle(probe, Capacity(limit, reserve=0.0), estimate, 1 / 16)
+    assert peak == best <= limit < max(best + GRANULE, int(best * 17 / 16) // GRANULE * GRANULE)
+    assert runs >= 2
 
 
 def test_longest_length_is_checked_with_all_layers() -> None:

@@ -87,7 +87,7 @@ def test_prolong_64k_fits_on_8_gpus() -> None:
 
 def test_llama_8b_at_512k_without_sp_or_offload_does_not_fit() -> None:
     """ALST: plain HF Llama-8B tops out near 32K on one H100. Here one GPU cannot even hold the float32
-    weights and AdamW state (16 bytes per parameter) with no optimizer offload, so the dry run stops at
+    weights and AdamW state (16 bytes per parameter) without parameter offload, so the dry run stops at
     its first operation (limit: the usable memory); on 8 GPUs the forward's activations overflow."""
     recipe = load_recipe("prolong-8b")
     stage = recipe.stage("stage2-512k").model_copy(update={"sequence_parallel": 1})
@@ -97,3 +97,33 @@ def test_llama_8b_at_512k_without_sp_or_offload_does_not_fit() -> None:
     # with the state sharded over 8 GPUs it is the activations: the forward runs out
     run = dry_run(recipe, stage, 8, plan_model(recipe).config, limit=GPU.usable)
     assert not run.complete and run.memory.phase == "forward"
+
+
+ALL_SWITCHES = {"offload_activations": True, "offload_parameters": True, "tiled_mlp": True, "tiled_norms": True}
+
+
+def _extend_at(seq_len: int, sp: int, world: int):
+    """UltraLong's extend stage (Llama-3.1-8B) at `seq_len` with every memory switch on."""
+    recipe = load_recipe("ultralong-8b")
+    stage = recipe.stage("extend-1m").model_copy(
+        update={"seq_len": seq_len, "sequence_parallel": sp, "tokens_per_step": 2 * seq_len * world // sp,
+                **ALL_SWITCHES}
+    )
+    recipe = recipe.model_copy(update={"stages": [stage if s.name == stage.name else s for s in recipe.stages]})
+    return dry_run(recipe, stage, world, plan_model(recipe).config, limit=GPU.usable)
+
+
+@pytest.mark.slow
+def test_llama_8b_at_512k_fits_one_gpu_with_offload_and_tiling() -> None:
+    """Issue 14's goal (ALST: 500K on one H100): 512K tokens on one 80 GiB GPU, the state and the
+    checkpointed inputs in host memory, MLP and norms tiled."""
+    run = _extend_at(512 * 1024, 1, 1)
+    assert run.complete and fits(run, GPU)
+    assert run.memory.host > 200 * 2**30  # 120 GiB of state and 128 GiB of layer inputs on the host
+
+
+@pytest.mark.slow
+def test_llama_8b_at_4m_fits_8_gpus_with_offload_and_tiling() -> None:
+    """Issue 14's goal (ALST: 3.7M on 8 H100): 4M tokens on 8 x 80 GiB with Ulysses SP 8."""
+    run = _extend_at(4 * 2**20, 8, 8)
+    assert run.complete and fits(run, GPU)
