@@ -13,6 +13,7 @@ from transformers import PretrainedConfig
 
 from prolong.config import Recipe, StageSpec, format_count, load_recipe
 from prolong.errors import UserError
+from prolong.plan.bound import memory_upper_bound
 from prolong.plan.dry_run import TARGETS, DryRun, Target, dry_run
 from prolong.plan.memory import GIB
 from prolong.plan.model_config import plan_model
@@ -134,9 +135,10 @@ def check_stages_fit(recipe: str, stages: list[str], world_size: int) -> list[Dr
     real run (DTensor caches sharding decisions per mesh shape; prolong.plan.fake.forget_mesh_caches),
     and the run that follows is then the same with and without the check.
     """
+    capacity, target = this_machine()
+    stages = _needing_a_dry_run(recipe, stages, capacity, target)
     if not stages:
         return []
-    capacity, target = this_machine()
     command = [sys.executable, "-m", "prolong", "plan", recipe, "--stage", ",".join(stages)]
     command += ["--world-size", str(world_size), "--gpu-memory", f"{capacity.gpu_memory}B"]
     command += ["--reserve", str(capacity.reserve), "--target", target, "--json"]
@@ -167,6 +169,25 @@ def check_stages_fit(recipe: str, stages: list[str], world_size: int) -> list[Dr
             )
         runs.append(run)
     return runs
+
+
+def _needing_a_dry_run(recipe: str, stages: list[str], capacity: Capacity, target: Target) -> list[str]:
+    """The stages whose generous upper bound (prolong.plan.bound) does not already fit; the others are
+    printed with their bound."""
+    spec = load_recipe(recipe)
+    try:
+        config = plan_model(spec).config
+    except UserError:  # the dry run reports it with its full message
+        return stages
+    needed = []
+    for name in stages:
+        bound = memory_upper_bound(config, spec.stage(name), spec.training)
+        if bound is None or bound > capacity.usable:
+            needed.append(name)
+        elif int(os.environ.get("RANK", "0")) == 0:
+            print(f"plan: stage {name!r} needs at most {size(bound)} per {target} device of {size(capacity.usable)} "
+                  "usable (upper bound from the config; no dry run needed)", flush=True)
+    return needed
 
 
 # torchrun's variables: the planning subprocess is one process of its own

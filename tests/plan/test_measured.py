@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from prolong.plan.bound import memory_upper_bound
 from prolong.plan.dry_run import dry_run
 from prolong.plan.measure import VALIDATION_CASES, validation_recipe
 from prolong.plan.model_config import plan_model
@@ -37,3 +38,12 @@ def test_planned_peak_within_tolerance_of_measured(case, measured) -> None:
     run = dry_run(recipe, recipe.stages[0], case.world_size, plan_model(recipe).config, target="cpu")
     error = run.memory.peak / measured[case.name] - 1
     assert abs(error) <= TOLERANCE, (case.name, run.memory.peak, measured[case.name])
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("case", VALIDATION_CASES, ids=[c.name for c in VALIDATION_CASES])
+def test_quick_upper_bound_is_above_the_measured_peak(case, measured) -> None:
+    """`prolong train` skips the dry run when this bound fits: it must never be below a real step."""
+    recipe = validation_recipe(case)
+    bound = memory_upper_bound(plan_model(recipe).config, recipe.stages[0], recipe.training)
+    assert bound is not None and bound >= measured[case.name], (case.name, bound, measured[case.name])

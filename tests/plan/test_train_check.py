@@ -33,3 +33,27 @@ def test_no_plan_skips_the_check(tiny_recipe, monkeypatch) -> None:
     with pytest.raises(UserError) as stopped:  # the run goes on, and stops at the missing tokenizer
         train(str(tiny_recipe), plan=False)
     assert "will not fit" not in str(stopped.value) and "tokenizer" in str(stopped.value)
+
+
+def test_a_stage_far_below_the_device_skips_the_dry_run(tiny_recipe, monkeypatch, capsys) -> None:
+    """The quick bound (prolong.plan.bound) fits a tiny model in 24 GiB: no planning subprocess."""
+    monkeypatch.setattr(plan_commands, "this_machine", lambda: (Capacity(24 * 2**30), "cpu"))
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("the dry run ran although the bound fits")
+
+    monkeypatch.setattr(plan_commands.subprocess, "run", no_subprocess)
+    assert plan_commands.check_stages_fit(str(tiny_recipe), ["stage"], 1) == []
+    assert "needs at most" in capsys.readouterr().out
+
+
+def test_bound_is_none_for_configs_it_cannot_read() -> None:
+    from types import SimpleNamespace
+
+    from prolong.plan.bound import memory_upper_bound
+    from prolong.plan.measure import validation_recipe
+
+    recipe = validation_recipe(VALIDATION_CASES[0])
+    moe = SimpleNamespace(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=256, num_experts=8)
+    assert memory_upper_bound(moe, recipe.stages[0], recipe.training) is None
+    assert memory_upper_bound(SimpleNamespace(), recipe.stages[0], recipe.training) is None
