@@ -651,6 +651,13 @@ class RecipeError(ValueError):
 
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+# shipped recipes that became stages of one multi-stage recipe: (recipe, stage)
+FORMER_RECIPES = {
+    "prolong-8b-64k": ("prolong-8b", "stage1-64k"),
+    "prolong-8b-512k": ("prolong-8b", "stage2-512k"),
+    "prolong-8b-sft": ("prolong-8b", "sft"),
+    **{f"ultralong-8b-{n}": ("ultralong-8b", f"extend-{n}") for n in ("1m", "2m", "4m")},
+}
 
 
 def resolve_recipe_path(name_or_path: str | Path) -> Path:
@@ -661,6 +668,12 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
     shipped = RECIPES_DIR / f"{name_or_path}.yaml"
     if shipped.exists():
         return shipped
+    if str(name_or_path) in FORMER_RECIPES:
+        recipe, stage = FORMER_RECIPES[str(name_or_path)]
+        raise RecipeError(
+            f"{name_or_path} is now the stage {stage!r} of the shipped recipe {recipe!r}: pass {recipe} "
+            f"--stage {stage} (prolong train, plan, recipe show and data build all take --stage)"
+        )
     available = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
     raise RecipeError(f"{name_or_path}: no such file, and not a shipped recipe; shipped: {available}")
 

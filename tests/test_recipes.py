@@ -210,3 +210,14 @@ def test_yaml_merge_keys_share_stage_settings():
     assert recipe.stage("sft-4m").model_dump(exclude={"name", "init_from"}) == recipe.stage("sft-1m").model_dump(
         exclude={"name", "init_from"}
     )
+
+
+@pytest.mark.parametrize(
+    ("former", "recipe", "stage"),
+    [("prolong-8b-64k", "prolong-8b", "stage1-64k"), ("prolong-8b-sft", "prolong-8b", "sft"),
+     ("ultralong-8b-4m", "ultralong-8b", "extend-4m")],
+)
+def test_former_recipe_names_point_to_their_stage(former: str, recipe: str, stage: str) -> None:
+    with pytest.raises(RecipeError, match=f"{former} is now the stage '{stage}' of the shipped recipe '{recipe}'"):
+        load_recipe(former)
+    assert stage in [s.name for s in load_recipe(recipe).stages]  # the name it points to exists
