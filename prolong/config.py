@@ -302,6 +302,7 @@ class StageSpec(Strict):
         """Optimizer steps of the stage."""
         if self.steps is not None:
             return self.steps
+        assert self.total_tokens is not None  # the validator requires steps or total_tokens
         return self.total_tokens // self.tokens_per_step
 
     @property

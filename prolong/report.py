@@ -44,6 +44,7 @@ def _stage_rows(recipe: Recipe) -> list[list[str]]:
         elif stage.rope.theta is not None:
             rope = f"theta {stage.rope.theta:.3g}"
         else:
+            assert stage.rope.yarn is not None  # RopeSpec holds exactly one of theta and yarn
             rope = f"YaRN x{stage.rope.yarn.factor:g}"
         mix = ", ".join(
             f"{e.domain}{'@' + format_count(e.doc_len) if e.doc_len else ''} {e.proportion:.0%}" for e in stage.mixture

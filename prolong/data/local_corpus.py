@@ -115,9 +115,9 @@ def _prose() -> Iterator[tuple[str, str]]:
                 ):
                     yield path.as_posix(), text
     for _repo, directory in _package_dirs():
-        for path, text in _repo_files(directory):
-            if path.endswith(".py") and (doc := _module_docstring(text)) and len(doc) > 200:
-                yield f"docstring/{path}", doc
+        for name, text in _repo_files(directory):
+            if name.endswith(".py") and (doc := _module_docstring(text)) and len(doc) > 200:
+                yield f"docstring/{name}", doc
 
 
 def _module_docstring(text: str) -> str | None:

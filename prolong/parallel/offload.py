@@ -95,16 +95,19 @@ class ActivationOffloader:
     # -- pack: forward --------------------------------------------------------------------------------
 
     def _pack(self, tensor: torch.Tensor) -> _HostCopy:
-        if self._cuda and tensor.device.type == "cuda":
+        group = self._current
+        assert group is not None, "saved tensors are packed only inside checkpoint()"
+        if self._stream is not None and tensor.device.type == "cuda":
+            stream = self._stream
             host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=True)
             compute = torch.cuda.current_stream(tensor.device)
-            self._stream.wait_stream(compute)  # the tensor is written by work queued on the compute stream
-            with torch.cuda.stream(self._stream):
+            stream.wait_stream(compute)  # the tensor is written by work queued on the compute stream
+            with torch.cuda.stream(stream):
                 host.copy_(tensor, non_blocking=True)
                 done = torch.cuda.Event()
-                done.record(self._stream)
+                done.record(stream)
             # the caching allocator must not hand the tensor's memory out again before the copy ran
-            tensor.record_stream(self._stream)
+            tensor.record_stream(stream)
         elif isinstance(tensor, FakeTensor) and tensor.device.type == "cpu":
             host = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")  # planning: see the top
             done = None
@@ -112,8 +115,8 @@ class ActivationOffloader:
             host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu")
             host.copy_(tensor)
             done = None
-        copy = _HostCopy(host=host, device=tensor.device, group=self._current, offloaded=done)
-        self._groups[self._current].append(weakref.ref(copy, self._forget))
+        copy = _HostCopy(host=host, device=tensor.device, group=group, offloaded=done)
+        self._groups[group].append(weakref.ref(copy, self._forget))
         nbytes = host.numel() * host.element_size()
         self.stats.add(nbytes)
         weakref.finalize(copy, self._release, nbytes)
@@ -137,6 +140,7 @@ class ActivationOffloader:
         self._fetch(copy)
         self._prefetch_before(copy.group)
         tensor = copy.fetched
+        assert tensor is not None, "_fetch always sets the device copy"
         if copy.fetch_done is not None:
             compute = torch.cuda.current_stream(copy.device)
             compute.wait_event(copy.fetch_done)
@@ -149,12 +153,13 @@ class ActivationOffloader:
         """Start (or find started) the host-to-device copy of `copy`."""
         if copy.fetched is not None:
             return
-        if self._cuda and copy.device.type == "cuda":
-            with torch.cuda.stream(self._stream):
-                self._stream.wait_event(copy.offloaded)
+        if self._stream is not None and copy.device.type == "cuda":
+            stream = self._stream
+            with torch.cuda.stream(stream):
+                stream.wait_event(copy.offloaded)
                 copy.fetched = copy.host.to(copy.device, non_blocking=True)
                 copy.fetch_done = torch.cuda.Event()
-                copy.fetch_done.record(self._stream)
+                copy.fetch_done.record(stream)
         elif copy.host.device.type == "meta":
             copy.fetched = torch.empty(copy.host.shape, dtype=copy.host.dtype, device=copy.device)
         else:

@@ -39,7 +39,7 @@ def hf_model_of(model: nn.Module) -> PreTrainedModel:
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The repeated decoder blocks (transformers marks them as GradientCheckpointingLayer)."""
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers: list[nn.Module] = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     if not layers:
         raise TypeError(f"{type(model).__name__} has no decoder layers transformers can checkpoint")
     return layers
@@ -135,7 +135,7 @@ def apply_activation_policies(
         # GradientCheckpointingLayer runs its forward through `_gradient_checkpointing_func` (transformers
         # 5.x; set by activation_checkpointing_enable above); tests/parallel/test_offload.py fails if a
         # later transformers stops calling it
-        layer._gradient_checkpointing_func = offloader.checkpoint
+        layer._gradient_checkpointing_func = offloader.checkpoint  # type: ignore[assignment]
     return offloader
 
 

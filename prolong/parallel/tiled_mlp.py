@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -144,17 +144,26 @@ class _TiledMLPFunction(torch.autograd.Function):
                 out_tile = ctx.run(x_tile)
                 inputs = ([x_tile] if needs_x else []) + [params[i] for i in trained]
                 grads = list(torch.autograd.grad(out_tile, inputs, grad_ND[start:end]))
-            if needs_x:
+            if grad_x_ND is not None:
                 grad_x_ND[start:end] = grads.pop(0)
             for i, grad in zip(trained, grads, strict=True):
                 grad = grad.to(torch.promote_types(grad.dtype, torch.float32))
-                grad_params[i] = grad if grad_params[i] is None else grad_params[i].add_(grad)
+                summed = grad_params[i]
+                grad_params[i] = grad if summed is None else summed.add_(grad)
         grad_params = [g if g is None else g.to(p.dtype) for g, p in zip(grad_params, params, strict=True)]
-        grad_x = grad_x_ND.view_as(x) if needs_x else None
+        grad_x = grad_x_ND.view_as(x) if grad_x_ND is not None else None
         return (None, None, None, grad_x, *grad_params)
 
 
-class TiledMLPMixin:
+# the mixins are only ever mixed into an nn.Module subclass (tile_mlp, apply_tiled_norms); the type
+# checker is told so, the runtime classes stay plain mixins
+if TYPE_CHECKING:
+    _ModuleMixin = nn.Module
+else:
+    _ModuleMixin = object
+
+
+class TiledMLPMixin(_ModuleMixin):
     """Mixed into an MLP's own class by `tile_mlp`: forward runs over sequence tiles."""
 
     mlp_tile_tokens: int | None  # None: auto_tile_tokens per call
@@ -181,7 +190,7 @@ def tile_mlp(mlp: nn.Module, tile_tokens: int | None = None, where: str = "decod
         if cls not in _TILED_CLASSES:
             _TILED_CLASSES[cls] = type(f"Tiled{cls.__name__}", (TiledMLPMixin, cls), {})
         mlp.__class__ = _TILED_CLASSES[cls]
-    mlp.mlp_tile_tokens = tile_tokens
+    cast(TiledMLPMixin, mlp).mlp_tile_tokens = tile_tokens
 
 
 def apply_tiled_mlp(layers: list[nn.Module], tile_tokens: int | None = None) -> None:
@@ -189,7 +198,7 @@ def apply_tiled_mlp(layers: list[nn.Module], tile_tokens: int | None = None) -> 
     for index, layer in enumerate(layers):  # check all first: never a half-tiled model
         check_gated_mlp(getattr(layer, "mlp", None), f"decoder layer {index} ({type(layer).__name__})")
     for index, layer in enumerate(layers):
-        tile_mlp(layer.mlp, tile_tokens, where=f"decoder layer {index}")
+        tile_mlp(cast(nn.Module, layer.mlp), tile_tokens, where=f"decoder layer {index}")
 
 
 # Tokens per norm tile: a norm's per-tile float32 temporaries are then ~1 GiB at D = 4096; shorter
@@ -197,7 +206,7 @@ def apply_tiled_mlp(layers: list[nn.Module], tile_tokens: int | None = None) -> 
 NORM_TILE_TOKENS = 8 * 1024
 
 
-class TiledNormMixin:
+class TiledNormMixin(_ModuleMixin):
     """Mixed into a norm's own class by `apply_tiled_norms`: forward runs over sequence tiles."""
 
     norm_tile_tokens: int
@@ -229,5 +238,5 @@ def apply_tiled_norms(model: nn.Module, layers: list[nn.Module], tile_tokens: in
             if cls not in _TILED_CLASSES:
                 _TILED_CLASSES[cls] = type(f"Tiled{cls.__name__}", (TiledNormMixin, cls), {})
             norm.__class__ = _TILED_CLASSES[cls]
-        norm.norm_tile_tokens = tile_tokens
+        cast(TiledNormMixin, norm).norm_tile_tokens = tile_tokens
     return len(stream_norms)

@@ -163,7 +163,7 @@ class DryRunTracker(FSDPMemTracker):
     def _device_of(self, device: torch.device, reftype: Any) -> torch.device:
         return HOST_DEVICE if device == PLAN_DEVICE and reftype in self._host_kinds else device
 
-    def _update_snap(self, u_type, winfo, old_mem_consumed=None, old_reftype=None) -> None:  # type: ignore[no-untyped-def]
+    def _update_snap(self, u_type, winfo, old_mem_consumed=None, old_reftype=None) -> None:
         # MemTracker keeps one snapshot per device; a storage counts on the device of its kind
         if not self._host_kinds:
             return super()._update_snap(u_type, winfo, old_mem_consumed, old_reftype)
@@ -183,7 +183,7 @@ class DryRunTracker(FSDPMemTracker):
         finally:
             winfo.device = device
 
-    def _fsdp_state_pre_forward(self, fsdp_mod, orig_fsdp_state_pre_fw):  # type: ignore[no-untyped-def]
+    def _fsdp_state_pre_forward(self, fsdp_mod, orig_fsdp_state_pre_fw):
         # The tracker keeps per-module statistics of one iteration and refuses a second forward of the
         # root; with gradient accumulation a step has several. Module statistics are only kept for
         # display; the peak and its snapshot, which the plan reads, are kept across the reset.
@@ -199,7 +199,7 @@ class DryRunTracker(FSDPMemTracker):
 
         return root_pre_forward
 
-    def _update_peak_stats(self, peak_state) -> None:  # type: ignore[no-untyped-def]
+    def _update_peak_stats(self, peak_state) -> None:
         if self._mod_tracker.is_bw:  # called for every op: remembers that backward has begun
             self._backward_began = True
         before = self._peak_mem.get(PLAN_DEVICE, 0)
@@ -223,7 +223,7 @@ class DryRunTracker(FSDPMemTracker):
             return "gradient clipping"  # the only tensor work between backward and the optimizer
         return "step start"  # nothing ran yet: parameters, gradients and optimizer state alone
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if any(issubclass(t, DTensor) for t in types):
             return NotImplemented  # DTensor first unwraps to its local tensors, then they come here
@@ -256,6 +256,7 @@ class DryRunTracker(FSDPMemTracker):
 
     def _live_storages(self) -> list[LiveStorage]:
         """Every storage the device holds now, with where it was made (explain mode)."""
+        assert self._origins is not None, "origins are recorded in explain mode only"
         live = []
         for storage, (winfo, _) in list(self._WINFO.items()):
             if self._device_of(winfo.device, winfo.reftype) != PLAN_DEVICE or not winfo.mem_consumed:

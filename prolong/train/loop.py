@@ -28,7 +28,7 @@ from prolong.config import OptimizerSpec, StageSpec, TrainingSpec
 from prolong.data.format import PackedSequence
 from prolong.data.mixture import StageMixture
 from prolong.errors import UserError
-from prolong.model.batch import PackedBatch, concat_batches, make_packed_batch
+from prolong.model.batch import AttentionMode, PackedBatch, concat_batches, make_packed_batch
 from prolong.parallel.mesh import ParallelMesh
 from prolong.parallel.ulysses import sp_shard_batch
 from prolong.train.checkpoint import Checkpointer
@@ -93,7 +93,7 @@ class StepResult:
     skipped: bool
 
 
-def sequence_to_batch(sequence: PackedSequence, attention: str, sp: int) -> PackedBatch:
+def sequence_to_batch(sequence: PackedSequence, attention: AttentionMode, sp: int) -> PackedBatch:
     """A packed batch of `sequence`, padded to a multiple of the SP degree with one extra ignored document."""
     input_ids, doc_lens, loss_mask = sequence.input_ids, sequence.doc_lens, sequence.loss_mask
     pad = -len(input_ids) % sp

@@ -14,7 +14,7 @@ Layout of a run (output_dir from the recipe):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.distributed.checkpoint.state_dict import (
@@ -22,6 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     set_model_state_dict,
 )
+from torch.distributed.fsdp import FSDPModule
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -108,6 +109,7 @@ def model_heads(recipe: Recipe) -> tuple[int, int]:
     """(query heads, key/value heads) of the recipe's model, read without loading weights."""
     if recipe.model.init is not None:
         return recipe.model.init.num_attention_heads, recipe.model.init.num_key_value_heads
+    assert recipe.model.path is not None  # ModelSpec holds a path or an init
     config = AutoConfig.from_pretrained(
         recipe.model.path, trust_remote_code=recipe.model.trust_remote_code, local_files_only=True
     )
@@ -338,11 +340,12 @@ def _eval_hook(recipe: Recipe, stage: StageSpec, run: StageRun, tokenizer: PreTr
             return {}
         # The HF model runs outside the FSDP root's forward: gather the root's own parameters
         # (embeddings, final norm, head) first; decoder layers gather theirs in their own hooks.
-        run.model.unshard()
+        root = cast(FSDPModule, run.model)  # parallelize made it one
+        root.unshard()
         try:
             return callback(hf_model_of(run.model), tokenizer, step)
         finally:
-            run.model.reshard()
+            root.reshard()
 
     return hook
 
