@@ -33,6 +33,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check prolong tests benchmarks
+	$(PY) -m mypy
 
 clean-venv:
 	rm -rf $(VENV)
