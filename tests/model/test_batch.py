@@ -8,7 +8,7 @@ import torch
 
 from prolong.model.batch import IGNORE_INDEX, attention_kwargs, make_packed_batch
 
-I = IGNORE_INDEX
+IGN = IGNORE_INDEX
 
 
 def test_document_mode_labels_positions_and_boundaries():
@@ -16,7 +16,7 @@ def test_document_mode_labels_positions_and_boundaries():
     assert batch.input_ids.tolist() == [[10, 11, 12, 20, 21, 30]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 0, 1, 0]]
     # The last token of every document predicts nothing: the next document's first token is never a target.
-    assert batch.labels.tolist() == [[11, 12, I, 21, I, I]]
+    assert batch.labels.tolist() == [[11, 12, IGN, 21, IGN, IGN]]
     assert batch.cu_seqlens.dtype == torch.int32
     assert batch.cu_seqlens.tolist() == [0, 3, 5, 6]
     assert batch.max_seqlen == 3
@@ -30,14 +30,14 @@ def test_loss_mask_applies_to_the_predicted_token():
     mask = torch.tensor([0, 0, 1, 1, 0, 1], dtype=torch.bool)
     batch = make_packed_batch(ids, [4, 2], loss_mask=mask)
     # labels[t] = ids[t+1] only where mask[t+1] (SFT: assistant tokens are the targets).
-    assert batch.labels.tolist() == [[I, 3, 4, I, 6, I]]
+    assert batch.labels.tolist() == [[IGN, 3, 4, IGN, 6, IGN]]
     assert batch.num_valid_tokens == 3
 
 
 def test_cross_document_mode_predicts_across_boundaries():
     batch = make_packed_batch([1, 2, 3, 4, 5], [2, 3], attention="cross_document")
     assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4]]
-    assert batch.labels.tolist() == [[2, 3, 4, 5, I]]
+    assert batch.labels.tolist() == [[2, 3, 4, 5, IGN]]
     assert batch.cu_seqlens.tolist() == [0, 5]
     assert batch.max_seqlen == 5
     assert batch.doc_lens == [2, 3]
