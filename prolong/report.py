@@ -235,7 +235,7 @@ def effect_section(recipe: Recipe, summaries: dict[str, dict[str, Any]], perplex
                 f"Within {format_count(result['seq_len'])}-token documents, {name}'s loss at positions "
                 f"{early['start']}-{early['end']} is {early['loss']:.3f} and at {late['start']}-{late['end']} "
                 f"{late['loss']:.3f} ({late['loss'] - early['loss']:+.3f}: "
-                f"{_verdict(late['loss'] - early['loss'], 'no gain from context', 'it uses its context', 'little gain from context')})."
+                f"{_verdict(late['loss'] - early['loss'], 'no gain from context', 'lower late in the document: some use of context', 'little gain from context')})."
             )]
     labels = list(summaries)
     if len(labels) >= 2:

@@ -47,7 +47,7 @@ def test_effect_section_says_which_way_each_number_went() -> None:
     assert f"Seed {recipe.seed}" in text
     assert "from 5.000 to 5.933 (+0.933 nats: it fails there)" in text
     assert f"{final} has 5.000 beyond 512 (-0.933 vs the base)" in text
-    assert "6.000 and at 384-512 3.500 (-2.500: it uses its context)" in text
+    assert "6.000 and at 384-512 3.500 (-2.500: lower late in the document: some use of context)" in text
     assert "at <= 512 tokens before (base-512) 50.0, after (sft) 40.0" in text
     assert "before (base-512) 0.0, after (sft) 25.0" in text
     assert "(-0.050: little gain from context (under 0.1 nats))" in text
