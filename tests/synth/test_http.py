@@ -4,11 +4,9 @@ LLM judge through the same client, and an interrupted synthesis run that resumes
 
 from __future__ import annotations
 
-import _thread
 import email.utils
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -170,24 +168,24 @@ def test_interrupted_run_resumes_without_regenerating(make_recipe, chat_server) 
         max_new_tokens=64,
     )
     interrupt_at = 4
-    fired = threading.Event()
-    once = threading.Lock()
+    endpoint = make_generator(recipe.synth)
+    calls: list[list[str]] = []
 
-    def ctrl_c(prompt: str) -> None:
-        # requests arrive on several server threads: the count can pass 4 between two checks, so fire
-        # once at the first request that sees it reached (never skipped under a loaded CPU)
-        with once:
-            if len(chat_server.prompts) >= interrupt_at and not fired.is_set():
-                fired.set()
-                _thread.interrupt_main()  # as if Ctrl-C was pressed while the 4th item was being generated
+    class CtrlCOnTheFourthItem:
+        """The endpoint generator, with Ctrl-C pressed while the 4th item is being generated (raised in
+        the main thread itself: a simulated signal from the server thread could land late on a loaded CPU)."""
 
-    chat_server.on_request = ctrl_c
+        def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+            calls.append(prompts)
+            if len(calls) == interrupt_at:
+                raise KeyboardInterrupt
+            return endpoint.generate(prompts, max_new_tokens)
+
     with pytest.raises(KeyboardInterrupt):
-        run_synth(recipe, show_progress=False)
+        run_synth(recipe, show_progress=False, generator=CtrlCOnTheFourthItem())
     journal = Path(recipe.synth.output + ".journal").read_text().splitlines()[1:]
     first_run = {json.loads(line)["item"] for line in journal}
     assert 0 < len(first_run) < 6 and len(first_run) >= interrupt_at - 1
-    chat_server.on_request = None
     chat_server.prompts.clear()
 
     report = run_synth(recipe, show_progress=False)
