@@ -7,8 +7,8 @@ instead. The bound assumes the worst case at every term, so it can only be too h
 
 - state: float32 parameters, gradients and both AdamW moments, plus an unsharded gathered copy of the
   parameters and of their gradients (no sharding credited): 24 bytes per parameter;
-- activations: every layer's saved tensors without checkpointing, in float32, at the whole sequence
-  (no sequence-parallel split credited): 16 x hidden + 4 x intermediate values per token and layer;
+- activations: every layer's saved tensors without checkpointing, in float32, at the whole micro-batch
+  (the sequence, or training.microbatch_tokens when larger; no sequence-parallel split credited): 16 x hidden + 4 x intermediate values per token and layer;
 - attention: explicit float32 scores, probabilities and their gradient for one document as long as
   the sequence, for all heads (the per-document math path's worst case);
 - loss: four float32 [chunk, vocab] blocks of the chunked cross-entropy;
@@ -40,9 +40,11 @@ def memory_upper_bound(config: Any, stage: StageSpec, training: TrainingSpec) ->
         return None
     # q, k, v, o at most hidden x hidden each; gate, up, down; norms; input and output embeddings
     params = layers * (4 * hidden * hidden + 3 * hidden * intermediate + 2 * hidden) + 2 * vocab * hidden + hidden
-    tokens = stage.seq_len
+    # a micro-batch: one packed sequence, or several joined up to training.microbatch_tokens (their
+    # documents stay separate: the attention term keeps one document of at most seq_len)
+    tokens = max(stage.seq_len, training.microbatch_tokens or 0)
     state = 24 * params
     activations = 4 * tokens * layers * (16 * hidden + 4 * intermediate)
-    attention = 4 * 3 * heads * tokens * tokens
+    attention = 4 * 3 * heads * stage.seq_len * stage.seq_len
     loss = 4 * 4 * min(tokens, training.loss_chunk_tokens) * vocab
     return 2 * (state + activations + attention + loss)
