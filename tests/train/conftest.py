@@ -1,13 +1,26 @@
-"""Session fixtures of the checkpoint, resume and fault tests: data built once, and one uninterrupted
-one-process run of the tiny recipe's first stage that the others are compared with."""
+"""Fixtures of the training tests: a one-process mesh per module, and for the checkpoint, resume and
+fault tests data built once and one uninterrupted one-process run of the tiny recipe's first stage that
+the others are compared with."""
 
 from __future__ import annotations
 
 import sys
 
 import pytest
+import torch.distributed as dist
 from ckpt_helpers import losses, run, stage1_recipe, train_command
 from tiny_run import tiny_recipe, write_corpora, write_recipe
+
+from prolong.parallel.mesh import ParallelMesh, init_distributed
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    created = not dist.is_initialized()
+    init_distributed()
+    yield ParallelMesh.create(1)
+    if created:
+        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="session")

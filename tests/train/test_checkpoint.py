@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from prolong import publish
 from prolong.errors import UserError
-from prolong.parallel.mesh import ParallelMesh, init_distributed
+from prolong.parallel.mesh import ParallelMesh
 from prolong.train import checkpoint as ckpt
 from prolong.train.checkpoint import (
     MANIFEST,
@@ -32,15 +31,6 @@ from prolong.train.checkpoint import (
     resumable_checkpoint,
     verify_checkpoint,
 )
-
-
-@pytest.fixture(scope="module")
-def mesh():
-    created = not dist.is_initialized()
-    init_distributed()
-    yield ParallelMesh.create(1)
-    if created:
-        dist.destroy_process_group()
 
 
 def _model_and_optimizer(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:

@@ -9,7 +9,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -19,20 +18,12 @@ from prolong.model import loss as loss_module
 from prolong.model.attention import register_attention
 from prolong.model.batch import concat_batches, make_packed_batch
 from prolong.model.loss import CausalLMWithChunkedLoss, chunked_cross_entropy, resolve_cpu_compute_dtype
-from prolong.parallel.mesh import ParallelMesh, init_distributed
+from prolong.parallel.mesh import ParallelMesh
 from prolong.parallel.parallelize import parallelize
 from prolong.train.loop import accumulate_gradients, group_microbatches, sequence_to_batch
 
 VOCAB = 64
 
-
-@pytest.fixture(scope="module")
-def mesh():
-    created = not dist.is_initialized()
-    init_distributed()
-    yield ParallelMesh.create(1)
-    if created:
-        dist.destroy_process_group()
 
 
 def _sequences(doc_lens: list[list[int]], sft: bool = False) -> list[PackedSequence]:
