@@ -7,8 +7,8 @@
    the dry run's peak (fake tensors, target cpu) beside the peak of a real optimizer step of the same
    stage on this CPU (torchrun, 2 gloo ranks, allocations counted by torch's profiler).
 2. The 8B figures: full-depth plans of the shipped stages at their world sizes, ProLong's 64K stage on
-   8 GPUs, Llama-8B at 512K without sequence parallelism, and (not with --quick) the longest length
-   that fits 8 x 80 GiB per SP degree, beside ProLong's and ALST's published setups.
+   8 GPUs and Llama-8B at 512K without sequence parallelism, beside ProLong's and ALST's published
+   setups. The longest trainable length per GPU count and memory policy is bench_max_length.py's.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from prolong.plan.dry_run import dry_run
 from prolong.plan.measure import VALIDATION_CASES, validation_recipe
 from prolong.plan.model_config import plan_model
 from prolong.plan.report import Capacity, fits
-from prolong.plan.search import max_lengths
 
 HERE = Path(__file__).parent
 WORKER = HERE.parent / "tests" / "plan" / "measure_worker.py"
@@ -112,23 +111,6 @@ def eight_b_figures(quick: bool) -> list[str]:
     return lines
 
 
-def max_length_figures() -> list[str]:
-    recipe = load_recipe("ultralong-8b")
-    stage = recipe.stage("extend-1m")
-    results = max_lengths(
-        recipe, stage, 8, plan_model(recipe).config, GPU, progress=lambda line: print(line, flush=True)
-    )
-    lines = [
-        "| GPUs | SP | longest seq_len that fits | GiB per GPU there | dry runs | ALST (published) |",
-        "|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in results:
-        alst = "3.7M with ALST (offload + tiling); ~32K plain HF" if r.sequence_parallel == 8 else ""
-        shown = format_count(r.max_seq_len) + (" or more" if r.at_least else "") if r.max_seq_len else "none"
-        lines.append(f"| 8 | {r.sequence_parallel} | {shown} | {r.peak / GIB:.1f} | {r.dry_runs} | {alst} |")
-    return lines
-
-
 MEASURED_NOTE = (
     "Same stage, same code (`meta_model`, `parallelize`, AdamW warm-up, `train_step`): the plan on fake "
     "tensors, the measurement on real ones in a 2-rank gloo group, with the profiler counting every "
@@ -139,18 +121,22 @@ MEASURED_NOTE = (
     "`--reserve` is for. The test `tests/plan/test_measured.py` asserts 15%."
 )
 FIGURES_NOTE = (
-    "Published: ProLong (Gao et al., 2024) trained the 64K stage on 8 H100 80GB; the plan fits with 27 "
-    "GiB headroom. ALST (Bekman et al., 2025) reports plain Hugging Face Llama-8B running out of memory "
-    "beyond 32K on H100s, and ALST itself 500K on one H100 and 3.7M on one 8 x H100 node, with DeepSpeed "
-    "ZeRO-3 offloading the optimizer state to host memory (on one GPU the parameters too), "
-    "activation-checkpoint offload and tiled MLP/loss. prolong has no optimizer offload: on one GPU the "
-    "float32 weights and AdamW state (16 bytes per parameter, 120 GiB) alone exceed 80 GiB, so no length "
-    "fits on one GPU (the dry run stops at its first operation). On 8 GPUs, with FSDP2 sharding the "
-    "state, activation checkpointing, tiled MLP and the chunked loss, the longest sequence is 128K "
-    "without sequence parallelism and 1M with Ulysses SP 8 (below): 4x and 32x the plain HF baseline, "
-    "0.27x ALST's 3.7M; activation offload is issue 14's subject. What dominates at 1M (extend-1m, 71.6 "
-    "GiB): 32.1 GiB of checkpointed layer inputs and 21.8 GiB of backward temporaries. Dry-run times "
-    "are for this 2-core machine."
+    'Published: ProLong (Gao et al., 2024) trained the 64K stage on 8 H100 80GB; the plan fits with 27 '
+    'GiB headroom. ALST (Bekman et al., 2025) reports plain Hugging Face Llama-8B running out of memory '
+    'beyond 32K on H100s, and ALST itself 500K on one H100 and 3.7M on one 8 x H100 node, with DeepSpeed '
+    'ZeRO-3 offloading the optimizer state to host memory (on one GPU the parameters too), '
+    'activation-checkpoint offload and tiled MLP/loss. At the time of this table prolong had no parameter'
+    ' offload: on one GPU the float32 weights and AdamW state (16 bytes per parameter, 120 GiB) alone '
+    'exceed 80 GiB, so no length fits on one GPU without it (the dry run stops at its first operation). '
+    "These rows are the recipes' own layouts, planned before `tiled_norms` (issue 14), which lowers "
+    'extend-1m at 8 GPUs from 71.6 to 62.2 GiB; with parameter and activation offload and the tiled MLP '
+    'and norms, one GPU trains 648K and eight 5.06M: see "Llama-3.1-8B shape, 80 GiB per GPU: longest '
+    'trainable sequence" below. Dry-run times are for this 2-core machine.'
+)
+
+MAX_LENGTH_POINTER = (
+    'The longest trainable sequence per GPU count and memory policy is in the next section (issue 14), '
+    'which supersedes the per-SP-degree table that was here (planned before tiled norms and offload).'
 )
 
 
@@ -184,15 +170,7 @@ def main() -> int:
         FIGURES_NOTE,
     ]
     if not args.quick:
-        sections += [
-            "",
-            (
-                "### Longest trainable sequence on 8 x 80 GiB (UltraLong extend-1m shape: Llama-3.1-8B, "
-                "activation checkpointing, tiled MLP auto, no offload)"
-            ),
-            "",
-            *max_length_figures(),
-        ]
+        sections += ["", MAX_LENGTH_POINTER]
     sections += ["", f"(benchmark time {time.perf_counter() - started:.0f} s)", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(sections), encoding="utf-8")
