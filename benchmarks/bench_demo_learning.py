@@ -15,6 +15,13 @@ hidden 64, 2 layers, 2 heads, vocabulary 512, AdamW at 3e-3, 32 rows of 64 token
 Each is trained twice from the same initialisation and data: loss on every token (as pretraining does),
 and loss only on the answer (the value; the repeated span), as SFT-style masking would train synthetic
 retrieval documents. Accuracy at a length is over 64 fresh examples (16 at 16x).
+
+With --demo-run DIR (a `prolong demo --out-dir DIR` that has built its tokenizer and data), the same
+question in the demo's own setting: the demo's base model shape, 512-token rows a step, half of them the
+base stage's natural shards (code, prose, short), half one needle document each in the evaluation's
+ruler_niah_s_1 format (noise or prose haystack, 160-512 tokens), loss on the answer only; recall at 512
+and 2K on fresh needle prompts (greedy generation). Values: the evaluation's 7-digit numbers, or a single
+digit (one token with the demo's tokenizer). Also on the 2-layer, hidden-64 shape.
 """
 
 from __future__ import annotations
@@ -120,6 +127,100 @@ def train(task: str, value_tokens: int, answer_only: bool, steps: int, seed: int
     return result
 
 
+def demo_needle(tokenizer, rng, sentences: list[str], tokens: int, noise: bool, one_digit: bool):
+    """(prompt ids, answer ids) of one ruler_niah_s_1 prompt of at most `tokens` tokens."""
+    from prolong.data.retrieval_corpus import needle_sentence
+    from prolong.eval import protocol as P
+    from prolong.eval.synthetic import NOISE as HAYSTACK
+    from prolong.eval.synthetic import niah_example
+    from prolong.eval.words import number_value, word_key
+
+    key, value = word_key(rng), str(rng.randint(0, 9)) if one_digit else number_value(rng)
+    start, depth = rng.randrange(len(sentences) - 400), rng.random()
+    answer = tokenizer(" " + value + ".", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    best, lines = None, 0
+    while True:  # the most haystack lines that fit
+        haystack = [HAYSTACK] * lines if noise else sentences[start : start + lines]
+        haystack.insert(round(depth * lines), needle_sentence(key, value))
+        example = niah_example("bench", "ruler_niah_s_1", "\n".join(haystack), key, [value])
+        prompt = P.prompt_ids(tokenizer, example, chat=False)
+        if len(prompt) + len(answer) > tokens or lines >= 400:
+            return best or (prompt, answer)
+        best, lines = (prompt, answer), lines + 1
+
+
+def train_demo_shape(run_dir: Path, one_digit: bool, steps: int, small: bool, seed: int = 0) -> dict:
+    import json
+    import random
+
+    from prolong.config import load_recipe
+    from prolong.data.format import ShardReader
+    from prolong.eval.synthetic import split_sentences
+    from prolong.model.io import load_tokenizer
+
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    base, shape = recipe.stages[0], recipe.model.init
+    tokenizer = load_tokenizer(str(run_dir / "tokenizer"))
+    shards = [ShardReader(path) for path in sorted((run_dir / "data" / base.name).glob("*@*"))
+              if not path.name.startswith("retrieval")]
+    prose = [json.loads(line)["text"] for line in (run_dir / "corpus" / "prose" / "docs.jsonl").open()][:400]
+    sentences = [s for text in prose for s in split_sentences(text) if 20 <= len(s) <= 200]
+    torch.manual_seed(seed)
+    dims = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2) if small else dict(
+        hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers, num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=base.seq_len,
+                                         rope_theta=shape.rope_theta, bos_token_id=tokenizer.bos_token_id,
+                                         eos_token_id=tokenizer.eos_token_id, **dims))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=base.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    rng, length, rows = random.Random(seed), base.seq_len, 8
+    started = time.perf_counter()
+    for step in range(1, steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = base.lr * min(1.0, step / WARMUP)
+        tokens, trained = [], []
+        for row in range(rows):
+            if row % 2:  # a natural row: every token trained
+                shard = shards[rng.randrange(len(shards))]
+                tokens.append(shard[rng.randrange(len(shard))].input_ids.tolist()[:length])
+                trained.append([True] * length)
+                continue
+            prompt, answer = demo_needle(tokenizer, rng, sentences, rng.randint(160, length), rng.random() < 0.5,
+                                         one_digit)
+            pad = length - len(prompt) - len(answer)
+            tokens.append(prompt + answer + [tokenizer.eos_token_id] * pad)
+            trained.append([False] * len(prompt) + [True] * len(answer) + [False] * pad)
+        ids, mask = torch.tensor(tokens), torch.tensor(trained)
+        targets = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
+        logits = model(input_ids=ids).logits[:, :-1]
+        torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    probe, recall = random.Random(seed + 1), {}
+    with torch.no_grad():
+        for tokens_at in (length, 4 * length):
+            hits = 0
+            for _ in range(12):
+                prompt, answer = demo_needle(tokenizer, probe, sentences, tokens_at, True, one_digit)
+                out = model.generate(torch.tensor([prompt]), max_new_tokens=len(answer), do_sample=False,
+                                     pad_token_id=tokenizer.eos_token_id)
+                hits += out[0, len(prompt) : len(prompt) + len(answer) - 1].tolist() == answer[:-1]
+            recall[tokens_at] = hits / 12
+    return {"shape": "hidden 64, 2 layers" if small else f"demo's ({shape.hidden_size}, {shape.num_hidden_layers} layers)",
+            "value": "1 digit" if one_digit else "7 digits", "steps": steps, "recall": recall,
+            "seconds": time.perf_counter() - started}
+
+
+def demo_table(results: list[dict]) -> str:
+    head = ("| model | needle value | steps | recall @512 | @2K | s |\n|---|---|---|---|---|---|\n")
+    return head + "\n".join(f"| {r['shape']} | {r['value']} | {r['steps']} | {r['recall'][512]:.2f} "
+                             f"| {r['recall'][2048]:.2f} | {r['seconds']:.0f} |" for r in results) + "\n"
+
+
 def table(results: list[dict]) -> str:
     head = ("| task | value tokens | loss on | steps | recall @64 | @256 | @1024 | first step with recall >= 0.5 "
             "| answer loss (nats) | other tokens' loss | s |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -161,6 +262,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100 steps a run (a smoke run)")
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--demo-run", type=Path, help="also measure in a demo run's setting (see above)")
+    parser.add_argument("--demo-steps", type=int, default=250)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_learning.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -179,6 +282,13 @@ def main() -> None:
         f"data. Recall: the whole value right (greedy); copy: chance is ln {ALPHABET} = {math.log(ALPHABET):.2f} "
         "nats on the repeated tokens.\n\n" + table(results) + "\n" + reading(results)
     )
+    if args.demo_run:
+        demo = [train_demo_shape(args.demo_run, one_digit, args.demo_steps, small)
+                for one_digit, small in ((False, False), (True, False), (True, True))]
+        text += (f"\n### In the demo's setting (`--demo-run {args.demo_run} --demo-steps {args.demo_steps}`)\n\n"
+                 "The demo's tokenizer, base shards and base learning rate; 8 rows of 512 tokens a step, half natural "
+                 "text, half one ruler_niah_s_1 needle document each (loss on its answer only); recall over 12 fresh "
+                 "noise-haystack prompts (chance for one digit: 0.10).\n\n" + demo_table(demo))
     Path(args.out).write_text(text, encoding="utf-8")
     print(f"wrote {args.out}")
 
