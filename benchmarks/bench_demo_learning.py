@@ -17,8 +17,9 @@ and loss only on the answer (the value; the repeated span), as SFT-style masking
 retrieval documents. Accuracy at a length is over 64 fresh examples (16 at 16x).
 
 With --demo-run DIR (a `prolong demo --out-dir DIR` that has built its tokenizer and data), the same
-question in the demo's own setting: the demo's base model shape, 512-token rows a step, half of them the
-base stage's natural shards (code, prose, short), half one needle document each in the evaluation's
+question in the demo's own setting: the demo's base model shape, 512-token rows a step (plain causal
+attention over a row), half of them the base stage's natural shards (code, prose, short), half one
+needle document each in the evaluation's
 ruler_niah_s_1 format (noise or prose haystack, 160-512 tokens), loss on the answer only; recall at 512
 and 2K on fresh needle prompts (greedy generation). Values: the evaluation's 7-digit numbers, or a single
 digit (one token with the demo's tokenizer). Also on the 2-layer, hidden-64 shape.
@@ -98,7 +99,7 @@ def train(task: str, value_tokens: int, answer_only: bool, steps: int, seed: int
     model = make_model(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
     data, probe = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 2)
-    first_half_recall, answer_loss, other_loss = None, [], []
+    first_step_recall_50, answer_loss, other_loss = None, [], []
     started = time.perf_counter()
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:
@@ -111,15 +112,15 @@ def train(task: str, value_tokens: int, answer_only: bool, steps: int, seed: int
         optimizer.zero_grad()
         answer_loss.append(losses[answer].mean().item())
         other_loss.append(losses[~answer].mean().item())
-        if task == "needle" and first_half_recall is None and step % 25 == 0:
+        if task == "needle" and first_step_recall_50 is None and step % 25 == 0:
             model.eval()
             if needle_recall(model, probe, LENGTH, value_tokens, 64) >= 0.5:
-                first_half_recall = step
+                first_step_recall_50 = step
             model.train()
     model.eval()
     last = slice(-25, None)
     result = {"task": task, "value_tokens": value_tokens, "answer_only": answer_only, "steps": steps,
-              "seconds": time.perf_counter() - started, "first_step_recall_50": first_half_recall,
+              "seconds": time.perf_counter() - started, "first_step_recall_50": first_step_recall_50,
               "answer_loss": sum(answer_loss[last]) / 25, "other_loss": sum(other_loss[last]) / 25}
     if task == "needle":
         result["recall"] = {LENGTH * k: needle_recall(model, probe, LENGTH * k, value_tokens, 64 if k < 16 else 16)
