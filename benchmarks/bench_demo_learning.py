@@ -19,10 +19,10 @@ retrieval documents. Accuracy at a length is over 64 fresh examples (16 at 16x).
 With --demo-run DIR (a `prolong demo --out-dir DIR` that has built its tokenizer and data), the same
 question in the demo's own setting: the demo's base model shape, 512-token rows a step (plain causal
 attention over a row), half of them the base stage's natural shards (code, prose, short), half one
-needle document each in the evaluation's
-ruler_niah_s_1 format (noise or prose haystack, 160-512 tokens), loss on the answer only; recall at 512
-and 2K on fresh needle prompts (greedy generation). Values: the evaluation's 7-digit numbers, or a single
-digit (one token with the demo's tokenizer). Also on the 2-layer, hidden-64 shape.
+needle document each in the evaluation's ruler_niah_s_1 format (noise or prose haystack, 160-512
+tokens), loss on the answer only; recall at 512 and 2K on fresh needle prompts (greedy generation).
+Values: the evaluation's 7-digit numbers, or a single digit (one token with the demo's tokenizer). Also
+on the 2-layer, hidden-64 shape.
 """
 
 from __future__ import annotations
