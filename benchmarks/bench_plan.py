@@ -121,22 +121,22 @@ MEASURED_NOTE = (
     "`--reserve` is for. The test `tests/plan/test_measured.py` asserts 15%."
 )
 FIGURES_NOTE = (
-    'Published: ProLong (Gao et al., 2024) trained the 64K stage on 8 H100 80GB; the plan fits with 27 '
-    'GiB headroom. ALST (Bekman et al., 2025) reports plain Hugging Face Llama-8B running out of memory '
-    'beyond 32K on H100s, and ALST itself 500K on one H100 and 3.7M on one 8 x H100 node, with DeepSpeed '
-    'ZeRO-3 offloading the optimizer state to host memory (on one GPU the parameters too), '
-    'activation-checkpoint offload and tiled MLP/loss. At the time of this table prolong had no parameter'
-    ' offload: on one GPU the float32 weights and AdamW state (16 bytes per parameter, 120 GiB) alone '
-    'exceed 80 GiB, so no length fits on one GPU without it (the dry run stops at its first operation). '
+    "Published: ProLong (Gao et al., 2024) trained the 64K stage on 8 H100 80GB; the plan fits with 27 "
+    "GiB headroom. ALST (Bekman et al., 2025) reports plain Hugging Face Llama-8B running out of memory "
+    "beyond 32K on H100s, and ALST itself 500K on one H100 and 3.7M on one 8 x H100 node, with DeepSpeed "
+    "ZeRO-3 offloading the optimizer state to host memory (on one GPU the parameters too), "
+    "activation-checkpoint offload and tiled MLP/loss. At the time of this table prolong had no parameter"
+    " offload: on one GPU the float32 weights and AdamW state (16 bytes per parameter, 120 GiB) alone "
+    "exceed 80 GiB, so no length fits on one GPU without it (the dry run stops at its first operation). "
     "These rows are the recipes' own layouts, planned before `tiled_norms` (issue 14), which lowers "
-    'extend-1m at 8 GPUs from 71.6 to 62.2 GiB; with parameter and activation offload and the tiled MLP '
+    "extend-1m at 8 GPUs from 71.6 to 62.2 GiB; with parameter and activation offload and the tiled MLP "
     'and norms, one GPU trains 648K and eight 5.06M: see "Llama-3.1-8B shape, 80 GiB per GPU: longest '
     'trainable sequence" below. Dry-run times are for this 2-core machine.'
 )
 
 MAX_LENGTH_POINTER = (
-    'The longest trainable sequence per GPU count and memory policy is in the next section (issue 14), '
-    'which supersedes the per-SP-degree table that was here (planned before tiled norms and offload).'
+    "The longest trainable sequence per GPU count and memory policy is in the next section (issue 14), "
+    "which supersedes the per-SP-degree table that was here (planned before tiled norms and offload)."
 )
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ORDER = ["data", "model", "train", "eval", "tiled_mlp", "checkpoint", "plan", "demo_learning"]  # benchmarks/bench_<area>.py -> results/<area>.md
-# Sections collected but not rerun by default: bench_max_length.py searches for about 50 minutes (its own
-# command, resumable); `--only max_length` runs it.
+# Sections collected but not run here: results/max_length.md is written by hand from the output of
+# benchmarks/bench_max_length.py (a resumable search of about 50 minutes, with its own command).
 KEPT = ["max_length"]
 
 HEADER = """# Benchmarks
