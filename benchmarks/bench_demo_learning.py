@@ -41,6 +41,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 LENGTH, ROWS, LR, WARMUP = 64, 32, 3e-3, 20
 NOISE, VALUES, MARKER, QUERY = 200, range(400, 410), 300, 301
 ALPHABET = 64  # tokens the copy task draws from
+SMALL = {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 2,
+         "num_key_value_heads": 2}
 
 
 @dataclass
@@ -75,8 +77,7 @@ def copy_batch(gen: torch.Generator, rows: int, length: int) -> Batch:
 
 def make_model(seed: int) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=LENGTH * 16)
+    config = LlamaConfig(vocab_size=512, max_position_embeddings=LENGTH * 16, **SMALL)
     return LlamaForCausalLM(config)
 
 
@@ -129,25 +130,26 @@ def train(task: str, value_tokens: int, answer_only: bool, steps: int, seed: int
 
 
 def demo_needle(tokenizer, rng, sentences: list[str], tokens: int, noise: bool, one_digit: bool):
-    """(prompt ids, answer ids) of one ruler_niah_s_1 prompt of at most `tokens` tokens."""
+    """(prompt ids, answer ids) of one ruler_niah_s_1 prompt, as many haystack lines as fit in `tokens`
+    with the answer (sized by the evaluation's own search, prolong.eval.synthetic.fit)."""
     from prolong.data.retrieval_corpus import needle_sentence
     from prolong.eval import protocol as P
     from prolong.eval.synthetic import NOISE as HAYSTACK
-    from prolong.eval.synthetic import niah_example
+    from prolong.eval.synthetic import SynthConfig, fit, niah_example
     from prolong.eval.words import number_value, word_key
 
     key, value = word_key(rng), str(rng.randint(0, 9)) if one_digit else number_value(rng)
     start, depth = rng.randrange(len(sentences) - 400), rng.random()
     answer = tokenizer(" " + value + ".", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    best, lines = None, 0
-    while True:  # the most haystack lines that fit
+
+    def build(lines: int) -> P.Example:
         haystack = [HAYSTACK] * lines if noise else sentences[start : start + lines]
         haystack.insert(round(depth * lines), needle_sentence(key, value))
-        example = niah_example("bench", "ruler_niah_s_1", "\n".join(haystack), key, [value])
-        prompt = P.prompt_ids(tokenizer, example, chat=False)
-        if len(prompt) + len(answer) > tokens or lines >= 400:
-            return best or (prompt, answer)
-        best, lines = (prompt, answer), lines + 1
+        return niah_example("bench", "ruler_niah_s_1", "\n".join(haystack), key, [value])
+
+    budget = SynthConfig(tokenizer, tokens, max_new_tokens=len(answer), chat=False, seed=0)
+    _, example = fit(build, budget, hint=tokens // 16, hi=400)
+    return P.prompt_ids(tokenizer, example, chat=False), answer
 
 
 def train_demo_shape(run_dir: Path, one_digit: bool, steps: int, small: bool, seed: int = 0) -> dict:
@@ -167,8 +169,7 @@ def train_demo_shape(run_dir: Path, one_digit: bool, steps: int, small: bool, se
     prose = [json.loads(line)["text"] for line in (run_dir / "corpus" / "prose" / "docs.jsonl").open()][:400]
     sentences = [s for text in prose for s in split_sentences(text) if 20 <= len(s) <= 200]
     torch.manual_seed(seed)
-    dims = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=2) if small else dict(
+    dims = SMALL if small else dict(
         hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
         num_hidden_layers=shape.num_hidden_layers, num_attention_heads=shape.num_attention_heads,
         num_key_value_heads=shape.num_key_value_heads)
