@@ -123,8 +123,8 @@ def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: s
     model at a short length, extends it with the recipe's long-context stages and SFT, evaluates it
     before and after extension, and writes OUT_DIR/report.md. --minutes scales every stage's steps
     (default: the recipe as shipped, about 9 minutes of training and 13 in all on 2 CPU cores);
-    --recipe runs any tiny recipe the same way; --seed N trains with another seed (data order and initialisation; the
-    evaluation examples stay the recipe's); --fresh starts over.
+    --recipe runs any tiny recipe the same way; --seed N trains with another seed (data order and
+    initialisation; the evaluation examples stay the recipe's); --fresh starts over.
     """
     from prolong.data.build import build_stage, resolve_tokenizer
     from prolong.data.local_corpus import build_local_corpus

@@ -25,7 +25,6 @@ from prolong.train.loop import accumulate_gradients, group_microbatches, sequenc
 VOCAB = 64
 
 
-
 def _sequences(doc_lens: list[list[int]], sft: bool = False) -> list[PackedSequence]:
     rng = np.random.default_rng(0)
     out = []
