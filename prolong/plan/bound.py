@@ -8,7 +8,8 @@ instead. The bound assumes the worst case at every term, so it can only be too h
 - state: float32 parameters, gradients and both AdamW moments, plus an unsharded gathered copy of the
   parameters and of their gradients (no sharding credited): 24 bytes per parameter;
 - activations: every layer's saved tensors without checkpointing, in float32, at the whole micro-batch
-  (the sequence, or training.microbatch_tokens when larger; no sequence-parallel split credited): 16 x hidden + 4 x intermediate values per token and layer;
+  (the sequence, or training.microbatch_tokens when larger; no sequence-parallel split credited):
+  16 x hidden + 4 x intermediate values per token and layer;
 - attention: explicit float32 scores, probabilities and their gradient for one document as long as
   the sequence, for all heads (the per-document math path's worst case);
 - loss: four float32 [chunk, vocab] blocks of the chunked cross-entropy;
