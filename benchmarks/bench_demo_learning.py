@@ -1,6 +1,7 @@
 """What a tiny Llama learns on 2 CPU cores within the demo's budget: retrieval and copying (issue 17).
 
-    python benchmarks/bench_demo_learning.py [--quick] [--out benchmarks/results/demo_learning.md]
+    python benchmarks/bench_demo_learning.py [--quick] [--scale] [--ruler-probe DIR] [--demo-run DIR]
+        [--out benchmarks/results/demo_learning.md]
 
 The demo's base must learn to read its context in a few hundred steps. This measures, on synthetic
 random-token data (no tokenizer, no corpus), how many steps two skills take for a Hugging Face Llama of
@@ -23,6 +24,11 @@ needle document each in the evaluation's ruler_niah_s_1 format (noise or prose h
 tokens), loss on the answer only; recall at 512 and 2K on fresh needle prompts (greedy generation).
 Values: the evaluation's 7-digit numbers, or a single digit (one token with the demo's tokenizer). Also
 on the 2-layer, hidden-64 shape.
+
+--scale repeats the 1-token needle with the demo's model shape at 128 and 256 tokens. --ruler-probe DIR
+isolates the text format: the same regime as the random-token needle (needle batches only, loss on the
+answer only, one-token value) but in the evaluation's ruler_niah_s_1 format with the demo's tokenizer,
+from scratch and from DIR's base.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ NOISE, VALUES, MARKER, QUERY = 200, range(400, 410), 300, 301
 ALPHABET = 64  # tokens the copy task draws from
 SMALL = {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 2,
          "num_key_value_heads": 2}
+DEMO = {"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 2}  # tiny-demo's model.init
 
 
 @dataclass
@@ -75,9 +83,9 @@ def copy_batch(gen: torch.Generator, rows: int, length: int) -> Batch:
     return Batch(tokens, answer)
 
 
-def make_model(seed: int) -> LlamaForCausalLM:
+def make_model(seed: int, dims: dict, length: int) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=512, max_position_embeddings=LENGTH * 16, **SMALL)
+    config = LlamaConfig(vocab_size=512, max_position_embeddings=length * 16, **dims)
     return LlamaForCausalLM(config)
 
 
@@ -96,8 +104,9 @@ def needle_recall(model: LlamaForCausalLM, gen: torch.Generator, length: int, va
     return right.all(dim=1).float().mean().item()
 
 
-def train(task: str, value_tokens: int, answer_only: bool, steps: int, seed: int = 0) -> dict:
-    model = make_model(seed)
+def train(task: str, value_tokens: int, answer_only: bool, steps: int, seed: int = 0, length: int = LENGTH,
+          dims: dict = SMALL) -> dict:
+    model = make_model(seed, dims, length)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
     data, probe = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 2)
     first_step_recall_50, answer_loss, other_loss = None, [], []
@@ -105,7 +114,7 @@ def train(task: str, value_tokens: int, answer_only: bool, steps: int, seed: int
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = LR * min(1.0, step / WARMUP)
-        batch = needle_batch(data, ROWS, LENGTH, value_tokens) if task == "needle" else copy_batch(data, ROWS, LENGTH)
+        batch = needle_batch(data, ROWS, length, value_tokens) if task == "needle" else copy_batch(data, ROWS, length)
         losses, answer = token_losses(model, batch)
         (losses[answer].mean() if answer_only else losses.mean()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -115,16 +124,17 @@ def train(task: str, value_tokens: int, answer_only: bool, steps: int, seed: int
         other_loss.append(losses[~answer].mean().item())
         if task == "needle" and first_step_recall_50 is None and step % 25 == 0:
             model.eval()
-            if needle_recall(model, probe, LENGTH, value_tokens, 64) >= 0.5:
+            if needle_recall(model, probe, length, value_tokens, 64) >= 0.5:
                 first_step_recall_50 = step
             model.train()
     model.eval()
     last = slice(-25, None)
-    result = {"task": task, "value_tokens": value_tokens, "answer_only": answer_only, "steps": steps,
+    result = {"task": task, "value_tokens": value_tokens, "answer_only": answer_only, "steps": steps, "length": length,
+              "shape": "demo's" if dims == DEMO else "hidden 64, 2 layers",
               "seconds": time.perf_counter() - started, "first_step_recall_50": first_step_recall_50,
               "answer_loss": sum(answer_loss[last]) / 25, "other_loss": sum(other_loss[last]) / 25}
     if task == "needle":
-        result["recall"] = {LENGTH * k: needle_recall(model, probe, LENGTH * k, value_tokens, 64 if k < 16 else 16)
+        result["recall"] = {length * k: needle_recall(model, probe, length * k, value_tokens, 64 if k < 16 else 16)
                             for k in (1, 4, 16)}
     return result
 
@@ -217,6 +227,79 @@ def train_demo_shape(run_dir: Path, one_digit: bool, steps: int, small: bool, se
             "seconds": time.perf_counter() - started}
 
 
+def ruler_format_probe(run_dir: Path, from_base: bool, steps: int, rows: int = 16, tokens: tuple[int, int] = (160, 256),
+                       seed: int = 0) -> dict:
+    """Needle batches only (no natural rows), loss on the answer only, one-digit values, in ruler_niah_s_1's
+    format with the noise haystack: the random-token needle's regime, but the evaluation's text. The model
+    starts from scratch (the demo's shape) or from the run's base export."""
+    import json
+    import random
+
+    from prolong.eval.engine import load_for_generation
+    from prolong.eval.synthetic import split_sentences
+
+    recipe_base = load_recipe_base(run_dir)
+    model, tokenizer = load_for_generation(str(recipe_base), "float32", "cpu")
+    if not from_base:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(model.config)
+    model.train()
+    prose = [json.loads(line)["text"] for line in (run_dir / "corpus" / "prose" / "docs.jsonl").open()][:400]
+    sentences = [s for text in prose for s in split_sentences(text) if 20 <= len(s) <= 200]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
+    rng, digit_loss, started = random.Random(seed), [], time.perf_counter()
+    for step in range(1, steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = LR * min(1.0, step / WARMUP)
+        pairs = [demo_needle(tokenizer, rng, sentences, rng.randint(*tokens), True, True) for _ in range(rows)]
+        width = max(len(p) + len(a) for p, a in pairs)
+        ids = torch.tensor([p + a + [tokenizer.eos_token_id] * (width - len(p) - len(a)) for p, a in pairs])
+        digit = torch.zeros_like(ids, dtype=torch.bool)  # the value's token: the one only retrieval predicts
+        trained = torch.zeros_like(digit)
+        for i, (p, a) in enumerate(pairs):
+            digit[i, len(p)], trained[i, len(p) : len(p) + len(a)] = True, True
+        losses = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[:, :-1].transpose(1, 2), ids[:, 1:],
+                                                   reduction="none")
+        losses[trained[:, 1:]].mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        digit_loss.append(losses[digit[:, 1:]].mean().item())
+    model.eval()
+    probe, hits = random.Random(seed + 1), 0
+    with torch.no_grad():
+        for _ in range(16):
+            prompt, answer = demo_needle(tokenizer, probe, sentences, 512, True, True)
+            hits += model(input_ids=torch.tensor([prompt])).logits[0, -1].argmax().item() == answer[0]
+    return {"init": "the run's base" if from_base else "scratch", "steps": steps, "tokens": tokens,
+            "digit_loss": sum(digit_loss[-25:]) / len(digit_loss[-25:]), "recall": hits / 16, "seconds": time.perf_counter() - started}
+
+
+def load_recipe_base(run_dir: Path) -> Path:
+    """The export of a demo run's first (base) stage."""
+    from prolong.config import load_recipe
+    from prolong.train.stages import export_dir
+
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    return export_dir(recipe, recipe.stages[0])
+
+
+def scale_table(results: list[dict]) -> str:
+    head = ("| model | length | steps | first step with recall >= 0.5 | recall @length | @4x | @16x | s |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    return head + "\n".join(
+        f"| {r['shape']} | {r['length']} | {r['steps']} | {r['first_step_recall_50'] or 'never'} | "
+        + " | ".join(f"{r['recall'][r['length'] * k]:.2f}" for k in (1, 4, 16)) + f" | {r['seconds']:.0f} |"
+        for r in results) + "\n"
+
+
+def ruler_table(results: list[dict]) -> str:
+    head = ("| start | steps | needle documents (tokens) | digit's loss, last 25 steps (nats; chance 2.30) | "
+            "recall @512 | s |\n|---|---|---|---|---|---|\n")
+    return head + "\n".join(f"| {r['init']} | {r['steps']} | {r['tokens'][0]}-{r['tokens'][1]} | "
+                             f"{r['digit_loss']:.2f} | {r['recall']:.2f} | {r['seconds']:.0f} |" for r in results) + "\n"
+
+
 def demo_table(results: list[dict]) -> str:
     head = ("| model | needle value | steps | recall @512 | @2K | s |\n|---|---|---|---|---|---|\n")
     return head + "\n".join(f"| {r['shape']} | {r['value']} | {r['steps']} | {r['recall'][512]:.2f} "
@@ -266,6 +349,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--demo-run", type=Path, help="also measure in a demo run's setting (see above)")
     parser.add_argument("--demo-steps", type=int, default=250)
+    parser.add_argument("--scale", action="store_true",
+                        help="also the 1-token needle with the demo's model shape at 128 and 256 tokens")
+    parser.add_argument("--ruler-probe", type=Path, metavar="DIR",
+                        help="also one-digit ruler_niah_s_1 needles alone, from scratch and from DIR's base")
+    parser.add_argument("--probe-steps", type=int, default=150)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_learning.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -284,6 +372,19 @@ def main() -> None:
         f"data. Recall: the whole value right (greedy); copy: chance is ln {ALPHABET} = {math.log(ALPHABET):.2f} "
         "nats on the repeated tokens.\n\n" + table(results) + "\n" + reading(results)
     )
+    if args.scale:
+        scaled = [train("needle", 1, True, 200, length=length, dims=DEMO) for length in (128, 256)]
+        text += ("\n### The demo's model shape, longer rows (`--scale`)\n\n"
+                 f"The same needle (1-token value, loss on the answer only) with tiny-demo's shape (hidden 128, 4 "
+                 f"layers), {ROWS} rows a step; recall over 64 prompts (16 at 16x).\n\n" + scale_table(scaled))
+    if args.ruler_probe:
+        probes = [ruler_format_probe(args.ruler_probe, from_base, args.probe_steps) for from_base in (False, True)]
+        text += (f"\n### The evaluation's needle format alone (`--ruler-probe {args.ruler_probe} --probe-steps "
+                 f"{args.probe_steps}`)\n\n"
+                 "Batches of 16 one-digit ruler_niah_s_1 needle documents (noise haystack, the demo's tokenizer), "
+                 f"nothing else, loss on the answer only, AdamW {LR}: the random-token needle's regime with the "
+                 "evaluation's text. Recall: the digit is the greedy next token, over 16 fresh 512-token prompts "
+                 "(chance 0.10).\n\n" + ruler_table(probes))
     if args.demo_run:
         demo = [train_demo_shape(args.demo_run, one_digit, args.demo_steps, small)
                 for one_digit, small in ((False, False), (True, False), (True, True))]
