@@ -238,8 +238,7 @@ def ruler_format_probe(run_dir: Path, from_base: bool, steps: int, rows: int = 1
     from prolong.eval.engine import load_for_generation
     from prolong.eval.synthetic import split_sentences
 
-    recipe_base = load_recipe_base(run_dir)
-    model, tokenizer = load_for_generation(str(recipe_base), "float32", "cpu")
+    model, tokenizer = load_for_generation(str(base_export(run_dir)), "float32", "cpu")
     if not from_base:
         torch.manual_seed(seed)
         model = LlamaForCausalLM(model.config)
@@ -272,10 +271,11 @@ def ruler_format_probe(run_dir: Path, from_base: bool, steps: int, rows: int = 1
             prompt, answer = demo_needle(tokenizer, probe, sentences, 512, True, True)
             hits += model(input_ids=torch.tensor([prompt])).logits[0, -1].argmax().item() == answer[0]
     return {"init": "the run's base" if from_base else "scratch", "steps": steps, "tokens": tokens,
-            "digit_loss": sum(digit_loss[-25:]) / len(digit_loss[-25:]), "recall": hits / 16, "seconds": time.perf_counter() - started}
+            "digit_loss": sum(digit_loss[-25:]) / len(digit_loss[-25:]), "recall": hits / 16,
+            "seconds": time.perf_counter() - started}
 
 
-def load_recipe_base(run_dir: Path) -> Path:
+def base_export(run_dir: Path) -> Path:
     """The export of a demo run's first (base) stage."""
     from prolong.config import load_recipe
     from prolong.train.stages import export_dir
