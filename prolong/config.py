@@ -132,12 +132,24 @@ class SourceSpec(Strict):
     )
     name_field: str | None = Field(None, description="per-row name written before its text in a group")
     messages_field: str = Field("messages", description="field holding chat messages (sft domains)")
+    prompt_field: str | None = Field(
+        None,
+        description="sft domains: rows are plain-text prompt/completion pairs (TRL's prompt-completion "
+        "format) instead of chat messages: this field holds the prompt, `completion_field` the completion; "
+        "no chat template, loss on the completion and EOS only",
+    )
+    completion_field: str = Field("completion", description="field holding the completion (with prompt_field)")
     max_documents: int | None = Field(None, gt=0, description="stop after this many documents")
 
     @model_validator(mode="after")
     def _mds_has_no_text_fields(self) -> SourceSpec:
-        if self.type == "mds" and (self.group_field or self.name_field):
-            raise ValueError("group_field and name_field apply to text sources; an mds source holds token ids")
+        if self.type == "mds" and (self.group_field or self.name_field or self.prompt_field):
+            raise ValueError(
+                "group_field, name_field and prompt_field apply to text sources; an mds source holds token ids"
+            )
+        if self.prompt_field and (self.group_field or self.type in ("text_dir", "code_repos")):
+            raise ValueError("prompt_field reads one prompt/completion pair a row: not with group_field, "
+                             f"text_dir or code_repos (source {self.path!r})")
         return self
 
 
@@ -155,10 +167,18 @@ class DomainSpec(Strict):
     name: str = Field(description="domain name used by stage mixtures")
     kind: Literal["long", "short", "sft"] = Field(
         description="long: single-document chunks of exactly the length; short: concatenated with "
-        "carry-over; sft: chat conversations packed whole, assistant-only loss"
+        "carry-over; sft: chat conversations (or prompt/completion pairs) packed whole, loss on the "
+        "assistant turns (the completions) only"
     )
     sources: list[SourceSpec] = Field(min_length=1, description="raw corpora of this domain")
     length_sampling: LengthSampling | None = Field(None, description="UltraLong length-based sampling")
+
+    @model_validator(mode="after")
+    def _prompts_in_sft(self) -> DomainSpec:
+        if self.kind != "sft" and any(s.prompt_field for s in self.sources):
+            raise ValueError(f"domain {self.name!r}: prompt_field is for sft domains (a loss on the completion "
+                             f"only); a {self.kind} domain trains on every token of its text_field")
+        return self
 
     @model_validator(mode="after")
     def _mds_alone(self) -> DomainSpec:

@@ -34,7 +34,7 @@ from prolong.data.pack import (
     shuffled_order,
     write_shard,
 )
-from prolong.data.sources import DocumentStream, source_fingerprint, stable_seed
+from prolong.data.sources import DocumentStream, document_text, source_fingerprint, stable_seed
 from prolong.data.tokenize import TokenizedDocs, tokenize_documents, tokenizer_identity
 from prolong.errors import UserError
 
@@ -80,7 +80,7 @@ def recipe_texts(recipe: Recipe, max_chars: int = TOKENIZER_TRAIN_CHARS) -> Iter
     for domain in recipe.data.domains:
         used = 0
         for document in DocumentStream(domain.sources, domain.kind, recipe.seed):
-            text = document if isinstance(document, str) else "\n".join(t["content"] for t in document)
+            text = document_text(document)
             yield text[: share - used]
             used += len(text)
             if used >= share:
@@ -249,7 +249,7 @@ def _no_documents(domain: DomainSpec, counts: dict[str, int]) -> str:
         seen.append(f"{counts['empty']:,} empty documents dropped")
     if counts["non_utf8"]:
         seen.append(f"{counts['non_utf8']:,} files skipped as not UTF-8 text")
-    field = "messages_field" if domain.kind == "sft" else "text_field"
+    field = "text_field" if domain.kind != "sft" else "messages_field (or prompt_field)"
     return (
         f"domain {domain.name!r}: its sources give no document to train on ({sources}: "
         f"{', '.join(seen) or 'nothing in them'}); point the source at a corpus with content, check its "

@@ -1,4 +1,5 @@
-"""Chat conversations rendered with the tokenizer's own template, with an assistant-only loss mask.
+"""SFT rows as token ids and a loss mask: chat conversations rendered with the tokenizer's own template
+(assistant-only loss), and plain-text prompt/completion pairs (loss on the completion).
 
 The mask comes from the template itself: the text an assistant turn adds is the difference between
 rendering the conversation up to that turn and rendering the prefix before it with the generation
@@ -73,3 +74,20 @@ def render_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple
         # assistant text, so it is trained on
         mask |= (starts < hi) & (ends > lo)
     return ids, mask
+
+
+def render_completion(
+    tokenizer: Any, prompt: str, completion: str, bos: int | None, eos: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and loss mask of a plain-text prompt/completion pair: BOS, prompt + completion tokenized
+    as one text (what a base model reads at evaluation, then generates), EOS. The completion's tokens and
+    EOS are trained on; a token straddling the boundary holds completion text, so it is trained on too."""
+    text = prompt + completion
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    trained = [end > len(prompt) for _, end in encoded["offset_mapping"]]
+    if bos is not None:
+        ids, trained = [bos, *ids], [False, *trained]
+    if eos is not None:
+        ids, trained = [*ids, eos], [*trained, True]
+    return np.asarray(ids, dtype=np.uint32), np.asarray(trained, dtype=bool)

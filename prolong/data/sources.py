@@ -1,6 +1,7 @@
 """Raw corpora read as streams of documents (never the whole corpus in memory).
 
-A document is a string (pretraining domains) or a list of {role, content} messages (sft domains).
+A document is a string (pretraining domains), or in sft domains a list of {role, content} messages or
+a (prompt, completion) pair of strings (sources with `prompt_field`).
 Readers: JSONL (.jsonl, .jsonl.gz, .jsonl.zst), Parquet (one row group at a time), Hugging Face
 datasets saved with `save_to_disk`, directories of text files, directories of code repositories.
 Rows sharing `group_field` (contiguous, e.g. sorted by repository) become one document: each row
@@ -32,7 +33,18 @@ from prolong.data.chat import check_messages
 from prolong.data.text_files import jsonl_records, read_text_file
 from prolong.errors import UserError
 
-Document = str | list[dict[str, str]]
+Document = str | list[dict[str, str]] | tuple[str, str]
+
+
+def document_text(document: Document) -> str:
+    """The plain text of a document of any kind (for tokenizer training and batch sizing)."""
+    if isinstance(document, str):
+        return document
+    if isinstance(document, tuple):  # a prompt/completion pair
+        return "".join(document)
+    return "\n".join(turn["content"] for turn in document)
+
+
 # Files a code repository is made of: text files below this size (larger ones are data dumps).
 MAX_REPO_FILE_BYTES = 1 << 20
 
@@ -132,6 +144,12 @@ class DocumentStream:
 
     def _document(self, row: Row, source: SourceSpec) -> Document | None:
         """The document in a row, or None when it is empty (counted)."""
+        if self.chat and source.prompt_field:
+            prompt, completion = _text_field(row, source.prompt_field), _text_field(row, source.completion_field)
+            if not completion.strip():
+                self.counts.empty += 1
+                return None
+            return prompt, completion
         if self.chat:
             messages = _field(row, source.messages_field)
             conversation = check_messages(messages, row.where)
@@ -257,6 +275,8 @@ class DocumentStream:
             raise UserError(f"{path}: not a readable Parquet file ({error})") from None
         names = file.schema_arrow.names
         wanted = [source.messages_field] if self.chat else [source.text_field]
+        if self.chat and source.prompt_field:
+            wanted = [source.prompt_field, source.completion_field]
         wanted += [f for f in (source.group_field, source.name_field) if f]
         for name in wanted:
             if name not in names:

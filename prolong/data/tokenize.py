@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from prolong.data.format import TOKEN_DTYPE
+from prolong.data.sources import document_text
 from prolong.publish import staged_dir
 
 BATCH_CHARS = 1 << 20  # text per task: large enough to amortise IPC, small enough to keep memory flat
@@ -84,15 +85,20 @@ def _init_worker(tokenizer_path: str, chat: bool, special: SpecialIds, threads: 
 
 def _encode_batch(documents: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(tokens of all documents, their lengths, loss mask or None) for one batch."""
+    special: SpecialIds = _worker["special"]
     if _worker["chat"]:
-        from prolong.data.chat import render_conversation
+        from prolong.data.chat import render_completion, render_conversation
 
-        rendered = [render_conversation(_worker["hf"], messages) for messages in documents]
+        hf = _worker["hf"]
+        rendered = [
+            render_completion(hf, document[0], document[1], special.bos, special.eos) if isinstance(document, tuple)
+            else render_conversation(hf, document)
+            for document in documents
+        ]
         lengths = np.asarray([len(ids) for ids, _ in rendered], dtype=np.int64)
         tokens = np.concatenate([ids for ids, _ in rendered]) if rendered else np.zeros(0, TOKEN_DTYPE)
         mask = np.concatenate([m for _, m in rendered]) if rendered else np.zeros(0, bool)
         return tokens.astype(TOKEN_DTYPE), lengths, mask
-    special: SpecialIds = _worker["special"]
     encodings = _worker["fast"].encode_batch_fast(documents, add_special_tokens=False)
     head = [special.bos] if special.bos is not None else []
     tail = [special.eos] if special.eos is not None else []
@@ -113,7 +119,7 @@ def _batches(documents: Iterator[Any]) -> Iterator[list[Any]]:
     chars = 0
     for document in documents:
         batch.append(document)
-        chars += len(document) if isinstance(document, str) else sum(len(t["content"]) for t in document)
+        chars += len(document_text(document))
         if chars >= BATCH_CHARS or len(batch) >= BATCH_DOCS:
             yield batch
             batch, chars = [], 0

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from prolong.config import SourceSpec, recipe_from_dict
+from prolong.config import DomainSpec, SourceSpec, recipe_from_dict
 from prolong.data.build import build_stage, resolve_tokenizer
 from prolong.data.format import ShardReader
 from prolong.data.mixture import StageMixture
 from prolong.data.sources import DocumentStream
 from prolong.data.tokenize import TokenizedDocs, tokenize_documents
+from prolong.errors import UserError
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:
@@ -226,3 +227,39 @@ def test_local_corpus_is_deterministic_and_readable(tmp_path) -> None:
     assert len(list(code)) >= 1
     chats = list(DocumentStream([SourceSpec(type="jsonl", path=str(tmp_path / "a/sft/chat.jsonl"))], "sft"))
     assert chats and chats[0][-1]["role"] == "assistant"
+
+
+def test_prompt_completion_rows_train_on_the_completion_only(tmp_path, corpus, tokenizer_dir, tokenizer) -> None:
+    rng = random.Random(1)
+    pairs = [{"q": words(rng, rng.randint(5, 40)) + " answer:", "a": " " + words(rng, rng.randint(1, 5))}
+             for _ in range(60)]
+    path = write_jsonl(tmp_path / "qa.jsonl", pairs)
+    r = recipe(corpus, tmp_path, str(tokenizer_dir))
+    source = SourceSpec(type="jsonl", path=path, prompt_field="q", completion_field="a")
+    domain = r.data.domains[2].model_copy(update={"name": "qa", "sources": [source]})
+    stage = r.stage("sft").model_copy(update={"mixture": [r.stage("sft").mixture[0].model_copy(update={"domain": "qa"})]})
+    r = r.model_copy(update={"data": r.data.model_copy(update={"domains": [*r.data.domains, domain]}),
+                             "stages": [r.stages[0], stage]})
+    meta = build_stage(r, stage, workers=1, show_progress=False)[0]
+    reader = ShardReader(Path(r.data.shard_dir) / "sft" / "qa@256")
+    completions = sum(len(tokenizer(p["q"] + p["a"], add_special_tokens=False)["input_ids"])
+                      - len(tokenizer(p["q"], add_special_tokens=False)["input_ids"]) + 1 for p in pairs)  # + EOS
+    assert meta["has_loss_mask"] and meta["num_documents"] == 60
+    assert sum(int(reader[i].loss_mask.sum()) for i in range(len(reader))) == completions
+    answers = {p["a"] for p in pairs}
+    for i in range(len(reader)):
+        seq, start = reader[i], 0
+        for length in reader.doc_lens_of(i):  # each document trains on its own completion, then EOS
+            ids, mask = seq.input_ids[start : start + length], seq.loss_mask[start : start + length].astype(bool)
+            assert ids[mask][-1] == tokenizer.eos_token_id
+            assert tokenizer.decode(ids[mask][:-1].tolist()) in answers
+            start += length
+
+
+def test_prompt_completion_source_errors_name_the_row_and_field(tmp_path) -> None:
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"q": "a prompt", "a": " ok"}, {"q": "no completion"}])
+    stream = DocumentStream([SourceSpec(type="jsonl", path=path, prompt_field="q", completion_field="a")], "sft")
+    with pytest.raises(UserError, match=r"qa.jsonl:2: no field 'a'; the row has fields \['q'\]"):
+        list(stream)
+    with pytest.raises(ValueError, match="prompt_field is for sft domains"):
+        DomainSpec(name="qa", kind="short", sources=[SourceSpec(type="jsonl", path=path, prompt_field="q")])

@@ -1,4 +1,4 @@
-"""SFT masks cover exactly the assistant tokens, for our template and prefix-consistent others."""
+"""SFT masks cover exactly the assistant tokens (our template and prefix-consistent others), or the completion."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prolong.data.chat import assistant_spans, render_conversation
+from prolong.data.chat import assistant_spans, render_completion, render_conversation
 from prolong.errors import UserError
 
 words = st.text(alphabet="abcdefgh xyz.,\n", min_size=1, max_size=40)
@@ -71,3 +71,26 @@ def test_inconsistent_template_is_refused(tokenizer) -> None:
             )
     finally:
         tokenizer.chat_template = original
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=words, completion=words)
+def test_completion_mask_covers_the_completion_and_eos(tokenizer, prompt, completion) -> None:
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    ids, mask = render_completion(tokenizer, prompt, completion, bos, eos)
+    assert ids[0] == bos and not mask[0] and ids[-1] == eos and mask[-1]
+    assert tokenizer.decode(ids[1:-1].tolist()) == prompt + completion
+    # trained tokens are exactly those holding a completion character, and together they hold all of it
+    offsets = tokenizer(prompt + completion, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    assert mask[1:-1].tolist() == [end > len(prompt) for _, end in offsets]
+    assert tokenizer.decode(ids[mask].tolist()[:-1]).endswith(completion)
+
+
+def test_completion_prompt_is_what_a_base_model_reads(tokenizer) -> None:
+    """The untrained part is the prompt as the evaluation encodes it for a base model (BOS + prompt)."""
+    from prolong.eval.protocol import encode
+
+    prompt, completion = "The special magic number for tall-box is", " 7."
+    ids, mask = render_completion(tokenizer, prompt, completion, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    assert ids[~mask].tolist() == encode(tokenizer, prompt, chat=False)
+    assert tokenizer.decode(ids[mask].tolist(), skip_special_tokens=True) == completion
