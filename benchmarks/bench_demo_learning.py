@@ -1,7 +1,7 @@
 """What a tiny Llama learns on 2 CPU cores within the demo's budget: retrieval and copying (issue 17).
 
-    python benchmarks/bench_demo_learning.py [--quick] [--scale] [--ruler-probe DIR] [--demo-run DIR]
-        [--out benchmarks/results/demo_learning.md]
+    python benchmarks/bench_demo_learning.py [--quick] [--scale] [--ruler-probe DIR] [--carry DIR]
+        [--demo-run DIR] [--out benchmarks/results/demo_learning.md]
 
 The demo's base must learn to read its context in a few hundred steps. This measures, on synthetic
 random-token data (no tokenizer, no corpus), how many steps two skills take for a Hugging Face Llama of
@@ -28,7 +28,9 @@ on the 2-layer, hidden-64 shape.
 --scale repeats the 1-token needle with the demo's model shape at 128 and 256 tokens. --ruler-probe DIR
 isolates the text format: the same regime as the random-token needle (needle batches only, loss on the
 answer only, one-token value) but in the evaluation's ruler_niah_s_1 format with the demo's tokenizer,
-from scratch and from DIR's base.
+from scratch and from DIR's base. --carry DIR fine-tunes DIR's base and its extended model (stage2-16k)
+alike on those needles at <= 512 tokens and measures recall at 512-8K before and after: does a skill
+taught at the base's length reach the lengths only the extended model was trained at?
 """
 
 from __future__ import annotations
@@ -227,33 +229,30 @@ def train_demo_shape(run_dir: Path, one_digit: bool, steps: int, small: bool, se
             "seconds": time.perf_counter() - started}
 
 
-def ruler_format_probe(run_dir: Path, from_base: bool, steps: int, rows: int = 16, tokens: tuple[int, int] = (160, 256),
-                       seed: int = 0) -> dict:
-    """Needle batches only (no natural rows), loss on the answer only, one-digit values, in ruler_niah_s_1's
-    format with the noise haystack: the random-token needle's regime, but the evaluation's text. The model
-    starts from scratch (the demo's shape) or from the run's base export."""
+def haystack_sentences(run_dir: Path) -> list[str]:
+    """Prose sentences of a demo run's corpus (what demo_needle's prose haystacks draw from)."""
     import json
-    import random
 
-    from prolong.eval.engine import load_for_generation
     from prolong.eval.synthetic import split_sentences
 
-    model, tokenizer = load_for_generation(str(base_export(run_dir)), "float32", "cpu")
-    if not from_base:
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(model.config)
-    model.train()
     prose = [json.loads(line)["text"] for line in (run_dir / "corpus" / "prose" / "docs.jsonl").open()][:400]
-    sentences = [s for text in prose for s in split_sentences(text) if 20 <= len(s) <= 200]
+    return [s for text in prose for s in split_sentences(text) if 20 <= len(s) <= 200]
+
+
+def needle_finetune(model, tokenizer, sentences: list[str], steps: int, rows: int, tokens: tuple[int, int],
+                    rng) -> list[float]:
+    """Train on batches of one-digit ruler_niah_s_1 needle documents alone (noise haystack, `tokens` long),
+    loss on the answer only; returns the loss on the digit (the token only retrieval predicts) per step."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
-    rng, digit_loss, started = random.Random(seed), [], time.perf_counter()
+    model.train()
+    digit_loss = []
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = LR * min(1.0, step / WARMUP)
         pairs = [demo_needle(tokenizer, rng, sentences, rng.randint(*tokens), True, True) for _ in range(rows)]
         width = max(len(p) + len(a) for p, a in pairs)
         ids = torch.tensor([p + a + [tokenizer.eos_token_id] * (width - len(p) - len(a)) for p, a in pairs])
-        digit = torch.zeros_like(ids, dtype=torch.bool)  # the value's token: the one only retrieval predicts
+        digit = torch.zeros_like(ids, dtype=torch.bool)
         trained = torch.zeros_like(digit)
         for i, (p, a) in enumerate(pairs):
             digit[i, len(p)], trained[i, len(p) : len(p) + len(a)] = True, True
@@ -265,14 +264,63 @@ def ruler_format_probe(run_dir: Path, from_base: bool, steps: int, rows: int = 1
         optimizer.zero_grad()
         digit_loss.append(losses[digit[:, 1:]].mean().item())
     model.eval()
-    probe, hits = random.Random(seed + 1), 0
-    with torch.no_grad():
-        for _ in range(16):
-            prompt, answer = demo_needle(tokenizer, probe, sentences, 512, True, True)
-            hits += model(input_ids=torch.tensor([prompt])).logits[0, -1].argmax().item() == answer[0]
+    return digit_loss
+
+
+@torch.no_grad()
+def next_token_recall(model, tokenizer, sentences: list[str], length: int, rng, n: int = 16) -> float:
+    """Share of `n` fresh one-digit noise-haystack prompts of `length` tokens whose greedy next token is the digit."""
+    hits = 0
+    for _ in range(n):
+        prompt, answer = demo_needle(tokenizer, rng, sentences, length, True, True)
+        hits += model(input_ids=torch.tensor([prompt])).logits[0, -1].argmax().item() == answer[0]
+    return hits / n
+
+
+def ruler_format_probe(run_dir: Path, from_base: bool, steps: int, rows: int = 16, tokens: tuple[int, int] = (160, 256),
+                       seed: int = 0) -> dict:
+    """needle_finetune from scratch (the demo's shape) or from the run's base export: the random-token
+    needle's regime, but the evaluation's text; recall at 512."""
+    import random
+
+    from prolong.eval.engine import load_for_generation
+
+    model, tokenizer = load_for_generation(str(base_export(run_dir)), "float32", "cpu")
+    if not from_base:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(model.config)
+    sentences, started = haystack_sentences(run_dir), time.perf_counter()
+    digit_loss = needle_finetune(model, tokenizer, sentences, steps, rows, tokens, random.Random(seed))
     return {"init": "the run's base" if from_base else "scratch", "steps": steps, "tokens": tokens,
-            "digit_loss": sum(digit_loss[-25:]) / len(digit_loss[-25:]), "recall": hits / 16,
+            "digit_loss": sum(digit_loss[-25:]) / len(digit_loss[-25:]),
+            "recall": next_token_recall(model, tokenizer, sentences, 512, random.Random(seed + 1)),
             "seconds": time.perf_counter() - started}
+
+
+CARRY_LENGTHS = (512, 1024, 2048, 4096, 8192)
+
+
+def carry_probe(run_dir: Path, stage: str, steps: int, tokens: tuple[int, int] = (160, 512), seed: int = 0) -> dict:
+    """The same needle_finetune on a stage's export, at <= 512 tokens: recall before and after at 512-8K
+    (the same prompts before and after). Run on the base and on an extended stage, it asks whether a skill
+    taught at the base's length reaches lengths only the extended model was trained at."""
+    import random
+
+    from prolong.config import load_recipe
+    from prolong.eval.engine import load_for_generation
+    from prolong.train.stages import export_dir
+
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    model, tokenizer = load_for_generation(str(export_dir(recipe, recipe.stage(stage))), "float32", "cpu")
+    sentences, started = haystack_sentences(run_dir), time.perf_counter()
+
+    def recall() -> dict[int, float]:
+        return {n: next_token_recall(model, tokenizer, sentences, n, random.Random(1000 + n)) for n in CARRY_LENGTHS}
+
+    before = recall()
+    digit_loss = needle_finetune(model, tokenizer, sentences, steps, 16, tokens, random.Random(seed))
+    return {"stage": stage, "steps": steps, "tokens": tokens, "before": before, "after": recall(),
+            "digit_loss": sum(digit_loss[-25:]) / len(digit_loss[-25:]), "seconds": time.perf_counter() - started}
 
 
 def base_export(run_dir: Path) -> Path:
@@ -298,6 +346,15 @@ def ruler_table(results: list[dict]) -> str:
             "recall @512 | s |\n|---|---|---|---|---|---|\n")
     return head + "\n".join(f"| {r['init']} | {r['steps']} | {r['tokens'][0]}-{r['tokens'][1]} | "
                              f"{r['digit_loss']:.2f} | {r['recall']:.2f} | {r['seconds']:.0f} |" for r in results) + "\n"
+
+
+def carry_table(results: list[dict]) -> str:
+    head = ("| model fine-tuned | steps | digit's loss, last 25 steps | recall before -> after @512 | @1K | @2K | @4K "
+            "| @8K | s |\n|---|---|---|---|---|---|---|---|---|\n")
+    return head + "\n".join(
+        f"| {r['stage']} | {r['steps']} | {r['digit_loss']:.2f} | "
+        + " | ".join(f"{r['before'][n]:.2f} -> {r['after'][n]:.2f}" for n in CARRY_LENGTHS) + f" | {r['seconds']:.0f} |"
+        for r in results) + "\n"
 
 
 def demo_table(results: list[dict]) -> str:
@@ -354,6 +411,10 @@ def main() -> None:
     parser.add_argument("--ruler-probe", type=Path, metavar="DIR",
                         help="also one-digit ruler_niah_s_1 needles alone, from scratch and from DIR's base")
     parser.add_argument("--probe-steps", type=int, default=150)
+    parser.add_argument("--carry", type=Path, metavar="DIR",
+                        help="also fine-tune DIR's base-512 and stage2-16k alike on one-digit needles <= 512 tokens; "
+                             "recall at 512-8K before and after")
+    parser.add_argument("--carry-steps", type=int, default=300)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_learning.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -385,6 +446,14 @@ def main() -> None:
                  f"nothing else, loss on the answer only, AdamW {LR}: the random-token needle's regime with the "
                  "evaluation's text. Recall: the digit is the greedy next token, over 16 fresh 512-token prompts "
                  "(chance 0.10).\n\n" + ruler_table(probes))
+    if args.carry:
+        carried = [carry_probe(args.carry, stage, args.carry_steps) for stage in ("base-512", "stage2-16k")]
+        text += (f"\n### Does a skill taught at 512 reach further after extension? (`--carry {args.carry} "
+                 f"--carry-steps {args.carry_steps}`)\n\n"
+                 "The base and the extended model of one demo run, each fine-tuned alike on batches of 16 one-digit "
+                 "ruler_niah_s_1 needle documents of 160-512 tokens (noise haystack, loss on the answer only, AdamW "
+                 f"{LR}); recall: the digit is the greedy next token, over 16 noise-haystack prompts per length, the "
+                 "same prompts before and after (chance 0.10).\n\n" + carry_table(carried))
     if args.demo_run:
         demo = [train_demo_shape(args.demo_run, one_digit, args.demo_steps, small)
                 for one_digit, small in ((False, False), (True, False), (True, True))]
