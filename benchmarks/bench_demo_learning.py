@@ -415,6 +415,7 @@ def main() -> None:
                         help="also fine-tune DIR's base-512 and stage2-16k alike on one-digit needles <= 512 tokens; "
                              "recall at 512-8K before and after")
     parser.add_argument("--carry-steps", type=int, default=300)
+    parser.add_argument("--carry-tokens", default="160,512", help="LO,HI: lengths of --carry's needle documents")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_learning.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -447,11 +448,12 @@ def main() -> None:
                  "evaluation's text. Recall: the digit is the greedy next token, over 16 fresh 512-token prompts "
                  "(chance 0.10).\n\n" + ruler_table(probes))
     if args.carry:
-        carried = [carry_probe(args.carry, stage, args.carry_steps) for stage in ("base-512", "stage2-16k")]
+        lo, hi = (int(n) for n in args.carry_tokens.split(","))
+        carried = [carry_probe(args.carry, stage, args.carry_steps, (lo, hi)) for stage in ("base-512", "stage2-16k")]
         text += (f"\n### Does a skill taught at 512 reach further after extension? (`--carry {args.carry} "
-                 f"--carry-steps {args.carry_steps}`)\n\n"
+                 f"--carry-steps {args.carry_steps} --carry-tokens {lo},{hi}`)\n\n"
                  "The base and the extended model of one demo run, each fine-tuned alike on batches of 16 one-digit "
-                 "ruler_niah_s_1 needle documents of 160-512 tokens (noise haystack, loss on the answer only, AdamW "
+                 f"ruler_niah_s_1 needle documents of {lo}-{hi} tokens (noise haystack, loss on the answer only, AdamW "
                  f"{LR}); recall: the digit is the greedy next token, over 16 noise-haystack prompts per length, the "
                  "same prompts before and after (chance 0.10).\n\n" + carry_table(carried))
     if args.demo_run:
