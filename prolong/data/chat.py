@@ -61,9 +61,9 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
     return text, spans
 
 
-def render_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and the assistant-only loss mask (bool) of one conversation."""
-    text, spans = assistant_spans(tokenizer, messages)
+def _encode_trained_spans(tokenizer: Any, text: str, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of `text` (no special tokens added) and a mask of the tokens holding any character of
+    the trained character spans."""
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(encoded["input_ids"], dtype=np.uint32)
     offsets = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)
@@ -71,9 +71,15 @@ def render_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple
     mask = np.zeros(len(ids), dtype=bool)
     for lo, hi in spans:
         # a token that straddles the boundary (e.g. "\n\n" = header newline + reply newline) carries
-        # assistant text, so it is trained on
+        # trained text, so it is trained on
         mask |= (starts < hi) & (ends > lo)
     return ids, mask
+
+
+def render_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and the assistant-only loss mask (bool) of one conversation."""
+    text, spans = assistant_spans(tokenizer, messages)
+    return _encode_trained_spans(tokenizer, text, spans)
 
 
 def render_completion(
@@ -83,11 +89,7 @@ def render_completion(
     as one text (what a base model reads at evaluation, then generates), EOS. The completion's tokens and
     EOS are trained on; a token straddling the boundary holds completion text, so it is trained on too."""
     text = prompt + completion
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(encoded["input_ids"])
-    trained = [end > len(prompt) for _, end in encoded["offset_mapping"]]
-    if bos is not None:
-        ids, trained = [bos, *ids], [False, *trained]
-    if eos is not None:
-        ids, trained = [*ids, eos], [*trained, True]
-    return np.asarray(ids, dtype=np.uint32), np.asarray(trained, dtype=bool)
+    ids, mask = _encode_trained_spans(tokenizer, text, [(len(prompt), len(text))])
+    head, tail = [bos] if bos is not None else [], [eos] if eos is not None else []
+    ids = np.concatenate([np.asarray(head, np.uint32), ids, np.asarray(tail, np.uint32)])
+    return ids, np.concatenate([np.zeros(len(head), bool), mask, np.ones(len(tail), bool)])
