@@ -165,12 +165,10 @@ def demo_needle(tokenizer, rng, sentences: list[str], tokens: int, noise: bool, 
 
 
 def train_demo_shape(run_dir: Path, one_digit: bool, steps: int, small: bool, seed: int = 0) -> dict:
-    import json
     import random
 
     from prolong.config import load_recipe
     from prolong.data.format import ShardReader
-    from prolong.eval.synthetic import split_sentences
     from prolong.model.io import load_tokenizer
 
     recipe = load_recipe(run_dir / "recipe.yaml")
@@ -178,8 +176,7 @@ def train_demo_shape(run_dir: Path, one_digit: bool, steps: int, small: bool, se
     tokenizer = load_tokenizer(str(run_dir / "tokenizer"))
     shards = [ShardReader(path) for path in sorted((run_dir / "data" / base.name).glob("*@*"))
               if not path.name.startswith("retrieval")]
-    prose = [json.loads(line)["text"] for line in (run_dir / "corpus" / "prose" / "docs.jsonl").open()][:400]
-    sentences = [s for text in prose for s in split_sentences(text) if 20 <= len(s) <= 200]
+    sentences = haystack_sentences(run_dir)
     torch.manual_seed(seed)
     dims = SMALL if small else dict(
         hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
@@ -285,7 +282,7 @@ def ruler_format_probe(run_dir: Path, from_base: bool, steps: int, rows: int = 1
 
     from prolong.eval.engine import load_for_generation
 
-    model, tokenizer = load_for_generation(str(base_export(run_dir)), "float32", "cpu")
+    model, tokenizer = load_for_generation(str(stage_export(run_dir)), "float32", "cpu")
     if not from_base:
         torch.manual_seed(seed)
         model = LlamaForCausalLM(model.config)
@@ -306,12 +303,9 @@ def carry_probe(run_dir: Path, stage: str, steps: int, tokens: tuple[int, int] =
     taught at the base's length reaches lengths only the extended model was trained at."""
     import random
 
-    from prolong.config import load_recipe
     from prolong.eval.engine import load_for_generation
-    from prolong.train.stages import export_dir
 
-    recipe = load_recipe(run_dir / "recipe.yaml")
-    model, tokenizer = load_for_generation(str(export_dir(recipe, recipe.stage(stage))), "float32", "cpu")
+    model, tokenizer = load_for_generation(str(stage_export(run_dir, stage)), "float32", "cpu")
     sentences, started = haystack_sentences(run_dir), time.perf_counter()
 
     def recall() -> dict[int, float]:
@@ -323,13 +317,13 @@ def carry_probe(run_dir: Path, stage: str, steps: int, tokens: tuple[int, int] =
             "digit_loss": sum(digit_loss[-25:]) / len(digit_loss[-25:]), "seconds": time.perf_counter() - started}
 
 
-def base_export(run_dir: Path) -> Path:
-    """The export of a demo run's first (base) stage."""
+def stage_export(run_dir: Path, stage: str | None = None) -> Path:
+    """The export of a demo run's stage (the first, the base, when None)."""
     from prolong.config import load_recipe
     from prolong.train.stages import export_dir
 
     recipe = load_recipe(run_dir / "recipe.yaml")
-    return export_dir(recipe, recipe.stages[0])
+    return export_dir(recipe, recipe.stage(stage))
 
 
 def scale_table(results: list[dict]) -> str:
