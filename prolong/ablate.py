@@ -1,6 +1,6 @@
 """`prolong ablate`: paired tiny extension runs that each change one thing of the demo's first long stage.
 
-Every run starts from the same base model (a finished `prolong demo` run's first stage), with the same
+Every run starts from the same base model (a finished `prolong demo` run's base stage), with the same
 seed, steps, learning rate and data order; only the named setting differs from the reference (the
 demo's own stage: RoPE base raised, document masking, its long/short mix). Each is measured the same
 way: loss by position over long documents (mean beyond the base's length) and synthetic recall at the
@@ -70,7 +70,8 @@ ABLATIONS: dict[str, Ablation] = {
 def variant_recipe(run: Recipe, run_dir: Path, ablation: Ablation, steps: int | None, examples: int) -> Recipe:
     """The one-stage recipe of an ablation run: the run's first long stage changed as `ablation` says,
     starting from the run's base export, with the run's tokenizer, data and seed."""
-    base, reference = run.stages[0], run.stages[1]
+    base = run.base_stage()
+    reference = run.stages[run.stages.index(base) + 1]
     long_domains = frozenset(d.name for d in run.data.domains if d.kind == "long")
     stage = ablation.stage(reference, long_domains)
     # shards are per stage name: runs with the reference's mixture share them (and the tokenized cache)
@@ -106,7 +107,7 @@ def ablate(run_dir: str = "runs/demo", steps: int | None = None, examples: int =
            only: list[str] | None = None) -> None:
     """Paired tiny runs that change one thing of ProLong's first long stage, and how each compares.
 
-    Starts every run from the base model of a finished `prolong demo` run in RUN_DIR (its first stage,
+    Starts every run from the base model of a finished `prolong demo` run in RUN_DIR (its base stage,
     tokenizer and data): the reference (the demo's stage: RoPE base raised, document masks, its
     long/short mix), the RoPE base kept, attention across documents, 100% long data, 30% long data.
     Same seed, steps and data order; --steps N shortens them all; --examples N recall examples per
@@ -124,16 +125,17 @@ def ablate(run_dir: str = "runs/demo", steps: int | None = None, examples: int =
     if not (root / "recipe.yaml").is_file():
         raise UserError(f"{root} holds no demo run (no recipe.yaml): run `prolong demo --out-dir {root}` first")
     run = load_recipe(root / "recipe.yaml")
-    if len(run.stages) < 2 or run.stages[1].kind != "pretrain":
+    base = run.base_stage()
+    following = run.stages[run.stages.index(base) + 1 :]
+    if not following or following[0].kind != "pretrain":
         raise UserError(f"{root / 'recipe.yaml'}: ablations need a base stage followed by a long pretraining stage")
-    if not is_finished(run, run.stages[0]):
-        raise UserError(f"the base stage {run.stages[0].name!r} of {root} is not finished: run `prolong demo` first")
+    if not is_finished(run, base):
+        raise UserError(f"the base stage {base.name!r} of {root} is not finished: run `prolong demo` first")
     unknown = sorted(set(only or []) - set(ABLATIONS))
     if unknown:
         raise UserError(f"unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
     names = ["reference", *[n for n in ABLATIONS if n != "reference" and (not only or n in only)]]
     ppl_len = perplexity_length(run)
-    base = run.stages[0]
     results: dict[str, dict[str, Any]] = {}
     base_eval = variant_recipe(run, root, ABLATIONS["reference"], steps, examples).eval
     results["base"] = {

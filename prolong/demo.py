@@ -21,7 +21,8 @@ from prolong.errors import UserError
 from prolong.publish import write_json
 
 DEFAULT_MINUTES = 10.0  # the training budget the shipped tiny-demo's step counts are sized for
-RETRIEVAL_DOMAIN = "retrieval"  # the demo corpus' synthetic retrieval documents (prolong.data.retrieval_corpus)
+# the demo corpus' synthetic retrieval documents and passkey rows (prolong.data.retrieval_corpus)
+SYNTHETIC_DOMAINS = ("retrieval", "passkey")
 console = Console()
 
 
@@ -93,24 +94,26 @@ def perplexity_by_model(models: dict[str, Path], recipe: Recipe, seq_len: int, o
 
 
 def check_retrieval_lengths(recipe: Recipe, tokenizer_dir: str) -> int | None:
-    """The longest synthetic retrieval document in tokens, refused when longer than the base stage's
-    sequence length: the retrieval skill is taught only at the base's length, never at the lengths the
-    evaluation tests beyond it. None when the recipe has no retrieval domain."""
+    """The longest synthetic retrieval document or passkey row in tokens, refused when longer than the
+    base stage's sequence length: the retrieval skill is taught only at the base's length, never at the
+    lengths the evaluation tests beyond it. None when the recipe has no such domain."""
     from prolong.data.retrieval_corpus import longest_document_tokens
     from prolong.model.io import load_tokenizer
 
-    domain = next((d for d in recipe.data.domains if d.name == RETRIEVAL_DOMAIN), None)
-    if domain is None:
+    domains = [d for d in recipe.data.domains if d.name in SYNTHETIC_DOMAINS]
+    if not domains:
         return None
     tokenizer = load_tokenizer(tokenizer_dir)
-    longest = max(longest_document_tokens(source.path, tokenizer) for source in domain.sources)
-    limit = recipe.stages[0].seq_len
-    if longest > limit:
-        raise UserError(
-            f"domain {RETRIEVAL_DOMAIN!r}: a synthetic document has {longest} tokens, more than the base stage's "
-            f"seq_len {limit}; the demo keeps synthetic retrieval within the base's length (shorten the documents "
-            "in prolong.data.retrieval_corpus)"
-        )
+    limit, longest = recipe.stages[0].seq_len, 0
+    for domain in domains:
+        tokens = max(longest_document_tokens(source.path, tokenizer) for source in domain.sources)
+        if tokens > limit:
+            raise UserError(
+                f"domain {domain.name!r}: a synthetic document has {tokens} tokens, more than the base stage's "
+                f"seq_len {limit}; the demo keeps synthetic retrieval within the base's length (shorten the "
+                "documents in prolong.data.retrieval_corpus)"
+            )
+        longest = max(longest, tokens)
     return longest
 
 
@@ -172,8 +175,9 @@ def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: s
         train(str(recipe_path), resume=True)
 
     exports = _stage_exports(spec)
-    first, last = spec.stages[0].name, spec.stages[-1].name
-    long_stages = [s.name for s in spec.stages if s.kind == "pretrain"][1:]
+    base, last = spec.base_stage(), spec.stages[-1].name
+    first = base.name
+    long_stages = [s.name for s in spec.stages if s.kind == "pretrain" and s.seq_len > base.seq_len]
     compared = {f"before ({first})": exports[first], f"after ({last})": exports[last]}
     with clock.phase("eval", f"{', '.join(spec.eval.tasks)} at {', '.join(format_count(n) for n in spec.eval.lengths)}"):
         summaries = {}

@@ -203,7 +203,7 @@ def effect_section(recipe: Recipe, summaries: dict[str, dict[str, Any]], perplex
                    short_perplexity: dict[str, dict[str, Any]] | None) -> str:
     """The headline: does the base use its context, does it fail beyond its length, does extension fix it.
     Numbers only from this run's files; the sentences say which way each number went."""
-    base = recipe.stages[0]
+    base = recipe.base_stage()
     lines = [f"Seed {recipe.seed} (data order and initialisation); evaluation examples from seed {recipe.eval.seed}."]
     names = list(perplexity)
     if names:
@@ -239,35 +239,55 @@ def effect_section(recipe: Recipe, summaries: dict[str, dict[str, Any]], perplex
             )]
     labels = list(summaries)
     if len(labels) >= 2:
-        before, after = summaries[labels[0]], summaries[labels[-1]]
-        short_before = mean_score(before, lambda n: n <= base.seq_len)
-        short_after = mean_score(after, lambda n: n <= base.seq_len)
-        long_before = mean_score(before, lambda n: n > base.seq_len)
-        long_after = mean_score(after, lambda n: n > base.seq_len)
+        before, after = labels[0], labels[-1]
         far = [n for n in recipe.eval.lengths if n > base.seq_len]
-        lines += ["", (
-            f"Synthetic recall (mean of {', '.join(sorted(before['tasks']))}, x100): at <= {format_count(base.seq_len)} "
-            f"tokens {labels[0]} {_fmt(short_before)}, {labels[-1]} {_fmt(short_after)}; at "
-            f"{', '.join(format_count(n) for n in far)} {labels[0]} {_fmt(long_before)}, {labels[-1]} {_fmt(long_after)}."
-        )]
+        one_example = 100 / max(1, recipe.eval.num_examples)
+        for task in sorted(summaries[before]["tasks"]):
+
+            def task_mean(label: str, keep: Any, task: str = task) -> float | None:
+                return mean_score({"tasks": {task: summaries[label]["tasks"].get(task, {})}}, keep)
+
+            short_before, short_after = (task_mean(label, lambda n: n <= base.seq_len) for label in (before, after))
+            long_before, long_after = (task_mean(label, lambda n: n > base.seq_len) for label in (before, after))
+            verdict = ""
+            if long_before is not None and long_after is not None:
+                gain = long_after - long_before
+                verdict = f" ({gain:+.1f}: " + ("extension beats the base there" if gain >= one_example else
+                                                "the base is better there" if gain <= -one_example else
+                                                "within one example") + ")"
+            lines += ["", (
+                f"{task} (x100, {recipe.eval.num_examples} examples a length): at <= {format_count(base.seq_len)} "
+                f"tokens {before} {_fmt(short_before)}, {after} {_fmt(short_after)}; at "
+                f"{', '.join(format_count(n) for n in far)} {before} {_fmt(long_before)}, "
+                f"{after} {_fmt(long_after)}{verdict}."
+            )]
     return "\n".join(lines)
 
 
 def _retrieval_note(recipe: Recipe) -> str:
-    synthetic = [d.name for d in recipe.data.domains if d.name == "retrieval"]
+    synthetic = {d.name for d in recipe.data.domains} & {"retrieval", "passkey"}
     if not synthetic:
         return "Its recall scores are expected to be near zero: read the trends, not the absolute numbers."
-    shares = ", ".join(f"{s.name} {e.proportion:.0%}" for s in recipe.stages for e in s.mixture
-                       if e.domain == "retrieval")
-    return (
-        "So that a model this small learns to read its context at all, its data include synthetic retrieval "
-        "and copy documents (domain `retrieval`, prolong.data.retrieval_corpus: passages copied, key-value "
-        "facts recalled, and needle and JSON KV questions in the evaluation's own templates with fresh random "
-        f"keys and values; share of tokens: {shares}). Each is shorter than the base's "
-        f"{format_count(recipe.stages[0].seq_len)} tokens (checked when the data is built): the skill is taught "
-        "at short range only, so recall at longer lengths measures whether the model carries it to positions "
-        "it was extended to, which is what the recipe is for."
-    )
+
+    def shares(domain: str) -> str:
+        return ", ".join(f"{s.name} {e.proportion:.0%}" for s in recipe.stages for e in s.mixture if e.domain == domain)
+
+    notes = []
+    if "retrieval" in synthetic:
+        notes.append(
+            "So that a model this small learns to read its context at all, its data include synthetic retrieval "
+            "and copy documents (domain `retrieval`, prolong.data.retrieval_corpus: passages copied, key-value "
+            "facts recalled, and needle and JSON KV questions in the evaluation's own templates with fresh random "
+            f"keys and values; share of tokens: {shares('retrieval')}).")
+    if "passkey" in synthetic:
+        notes.append(
+            "The one skill the evaluation scores it on is taught directly: one-digit passkey questions in the "
+            "evaluation's own template with fresh keys, the loss on the answer only (domain `passkey`; share of "
+            f"tokens: {shares('passkey')}), the same rows before extension and again in SFT.")
+    return " ".join(notes) + (
+        f" Each document is shorter than the base's {format_count(recipe.stages[0].seq_len)} tokens (checked when "
+        "the data is built): the skill is taught at short range only, so recall at longer lengths measures whether "
+        "the model carries it to positions it was extended to, which is what the recipe is for.")
 
 
 def write_report(recipe: Recipe, run_dir: Path, summaries: dict[str, dict[str, Any]],
@@ -333,8 +353,8 @@ Per-step metrics: `<stage>/metrics.jsonl`; per-stage plots: `<stage>/plots/`.
 ## Evaluation before and after extension
 
 Synthetic recall tasks (HELMET/RULER protocol, generated with the model's tokenizer at exact lengths),
-scores x100. "before" is the base model trained at {format_count(recipe.stages[0].seq_len)} tokens;
-"after" is the final model.
+scores x100. "before" is the base model ({recipe.base_stage().name}, trained at
+{format_count(recipe.base_stage().seq_len)} tokens); "after" is the final model.
 
 ![scores by length](eval.png)
 
@@ -422,6 +442,8 @@ def write_ablation_report(run: Recipe, results: dict[str, dict[str, Any]], ablat
         return mean_score(results[name]["eval"], lambda n: n > base_len) or 0.0
 
     reference = results["reference"]["stage"]
+    base = run.base_stage()
+    reference_rope = _stage_rows(run)[run.stages.index(base) + 1][5]  # the demo's own first long stage
     examples = run.eval.num_examples
     some = next(iter(results["reference"]["eval"]["tasks"].values()))
     lengths = sorted(int(n) for n in some)
@@ -447,9 +469,9 @@ def write_ablation_report(run: Recipe, results: dict[str, dict[str, Any]], ablat
               "ProLong's finding", "the reference here: reproduces?"]
     text = f"""# {run.name}: ablations of the first long stage
 
-Paired runs from the same base model ({run.stages[0].name}, {format_count(base_len)} tokens), seed {run.seed}, each
+Paired runs from the same base model ({base.name}, {format_count(base_len)} tokens), seed {run.seed}, each
 {reference.num_steps} steps of {format_count(reference.tokens_per_step)} tokens at {format_count(reference.seq_len)}
-(peak LR {reference.lr:g}); the reference is the demo's own stage ({_stage_rows(run)[1][5]}, {reference.attention}
+(peak LR {reference.lr:g}); the reference is the demo's own stage ({reference_rope}, {reference.attention}
 attention, {', '.join(f'{e.domain} {e.proportion:.0%}' for e in reference.mixture)}). Loss: mean next-token loss over
 positions {format_count(base_len)}-{format_count(seq_len)} of {results['reference']['perplexity']['documents']}
 {format_count(seq_len)}-token documents. Recall: mean of {', '.join(sorted(results['reference']['eval']['tasks']))}

@@ -16,6 +16,11 @@ def run():
     return load_recipe("tiny-demo", output_dir="/tmp/run")
 
 
+def _first_long(run):
+    """The demo's first long stage: the one after its base (base-512 + instruct-512)."""
+    return run.stages[run.stages.index(run.base_stage()) + 1]
+
+
 def _differences(a, b) -> set[str]:
     return {k for k, v in a.model_dump().items() if b.model_dump()[k] != v}
 
@@ -29,10 +34,10 @@ def test_each_run_changes_one_thing_of_the_reference(run, name: str, tmp_path: P
     expected = {"reference": set(), "rope-kept": {"rope"}, "cross-document": {"attention"},
                 "long-100": {"mixture"}, "long-30": {"mixture"}}[name]
     assert _differences(stage, reference) - {"name"} == expected
-    assert stage.init_from == str(root / run.stages[0].name) and not stage.carry_optimizer_state
+    assert stage.init_from == str(root / run.base_stage().name) and not stage.carry_optimizer_state
     assert spec.seed == run.seed and spec.tokenizer.path == str(root / "tokenizer")
     assert spec.data == run.data  # same shards and tokenized cache
-    assert all(n > run.stages[0].seq_len for n in spec.eval.lengths) and spec.eval.num_examples == 4
+    assert all(n > run.base_stage().seq_len for n in spec.eval.lengths) and spec.eval.num_examples == 4
     # runs with the reference's mixture share its shards; the others get their own stage name
     assert (stage.name == reference.name) == (stage.mixture == reference.mixture)
     save_recipe(spec, tmp_path / "recipe.yaml")
@@ -41,7 +46,7 @@ def test_each_run_changes_one_thing_of_the_reference(run, name: str, tmp_path: P
 
 @pytest.mark.parametrize("share", [1.0, 0.3, 0.6])
 def test_long_share_rescales_long_and_short_entries(run, share: float) -> None:
-    stage = run.stages[1]
+    stage = _first_long(run)
     long_domains = frozenset(d.name for d in run.data.domains if d.kind == "long")
     changed = with_long_share(stage, long_domains, share)
     long_part = sum(e.proportion for e in changed.mixture if e.domain in long_domains)
@@ -53,8 +58,8 @@ def test_long_share_rescales_long_and_short_entries(run, share: float) -> None:
 
 
 def test_long_share_needs_long_and_short_data(run) -> None:
-    only_long = run.stages[1].model_copy(update={"mixture": [e.model_copy(update={"proportion": 0.5})
-                                                             for e in run.stages[1].mixture[:2]]})
+    only_long = _first_long(run).model_copy(update={"mixture": [e.model_copy(update={"proportion": 0.5})
+                                                             for e in _first_long(run).mixture[:2]]})
     with pytest.raises(UserError, match="both long and short"):
         with_long_share(only_long, frozenset({"code_repos", "books"}), 0.3)
 

@@ -37,6 +37,11 @@ def test_shipped_recipe_loads_and_mixtures_sum_to_one(name):
         assert math.isclose(sum(e.proportion for e in stage.mixture), 1.0, abs_tol=1e-6)
 
 
+def test_base_stage_is_the_last_stage_before_the_first_longer_one():
+    assert load_recipe("tiny-demo").base_stage().name == "instruct-512"  # base-512, then its short SFT
+    assert load_recipe("tiny-smoke").base_stage().name == "base-128"  # the next stage is longer
+
+
 def test_parse_count_uses_binary_units():
     assert parse_count("64K") == 65536
     assert parse_count("4M") == 4 * 2**20

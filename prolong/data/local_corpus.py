@@ -8,21 +8,23 @@ Written as JSONL in the formats the pipeline reads (see the recipe snippet in `b
     sft/chat.jsonl     {messages}: instruction conversations made from the code (docstrings as answers)
     retrieval/retrieval.jsonl  {kind, text}: short synthetic retrieval and copy documents
                        (prolong.data.retrieval_corpus), haystacks from the prose, words from the code
+    retrieval/passkey.jsonl    {prompt, completion}: one-digit passkey questions and answers (an SFT domain)
 Traversal is sorted and sizes are capped, so the output is the same on a given machine.
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import re
 import sys
 import sysconfig
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from prolong.data.retrieval_corpus import retrieval_documents
+from prolong.data.retrieval_corpus import passkey_rows, retrieval_documents
 from prolong.data.text_files import read_text_file
 from prolong.errors import UserError
 
@@ -31,6 +33,7 @@ MAX_FILE_BYTES = 256 << 10
 MAX_REPO_BYTES = 2 << 20  # so one huge package (torch) does not become the whole corpus
 SHARES = {"code": 0.45, "prose": 0.3, "short": 0.1, "sft": 0.1, "retrieval": 0.05}
 IDENTIFIER = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]{3,24}\b")
+PASSKEY_ROWS = 4000  # rows of retrieval/passkey.jsonl (about 2.5 MB), beside the byte shares above
 HAYSTACK_TEXTS = 400  # prose documents (haystacks, passages) and code files (passages) for retrieval
 
 
@@ -165,7 +168,7 @@ class _Budgeted:
     def full(self) -> bool:
         return self.size >= self.limit
 
-    def write(self, row: dict[str, object]) -> None:
+    def write(self, row: Mapping[str, object]) -> None:
         line = json.dumps(row, ensure_ascii=False) + "\n"
         self.file.write(line)
         self.size += len(line.encode())
@@ -221,6 +224,9 @@ def build_local_corpus(out_dir: str | Path, max_bytes: int = 24 << 20) -> dict[s
         if files["retrieval"].full:
             break
         files["retrieval"].write(row)
+    files["passkey"] = _Budgeted(out / "retrieval" / "passkey.jsonl", 1 << 40)  # a row count, not a byte share
+    for passkey in itertools.islice(passkey_rows(seed=0), PASSKEY_ROWS):
+        files["passkey"].write(passkey)
     for budgeted in files.values():
         budgeted.file.close()
     summary = {name: {"rows": f.rows, "bytes": f.size} for name, f in files.items()}

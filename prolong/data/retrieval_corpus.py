@@ -131,8 +131,32 @@ def retrieval_documents(
         index += 1
 
 
+# Passkey rows: at most this many characters of garbage (2.37 characters a token with the demo's 2K BPE, so
+# about 340 tokens, plus about 80 for the task line, information line and question: under 512, checked).
+PASSKEY_GARBAGE_CHARS = 800
+
+
+def passkey_rows(seed: int) -> Iterator[dict[str, str]]:
+    """Endless {prompt, completion} rows of one-digit passkey retrieval in the evaluation's own template
+    (prolong.eval.synthetic.passkey_example, as task passkey_digit renders it for a base model), with up to
+    PASSKEY_GARBAGE_CHARS characters of garbage and the line at a random depth; the completion is the key
+    and a full stop. Trained with the loss on the completion only (an SFT domain with prompt_field)."""
+    from prolong.eval.synthetic import passkey_example
+
+    rng = random.Random(f"passkey/{seed}")
+    index = 0
+    while True:
+        garbage, key = rng.randint(0, PASSKEY_GARBAGE_CHARS), str(rng.randint(0, 9))
+        before = rng.randint(0, garbage)
+        example = passkey_example(f"train-passkey-{index}", key, before, garbage - before)
+        yield {"prompt": example.user_text() + example.separator + example.answer_prefix, "completion": f" {key}."}
+        index += 1
+
+
 def longest_document_tokens(path: str | Path, tokenizer: Any) -> int:
-    """Tokens of the longest document of a retrieval JSONL (what the demo checks against the base length)."""
-    texts = [str(row["text"]) for _, row in jsonl_records(Path(path))]
+    """Tokens of the longest document of a retrieval JSONL, text or prompt/completion rows (what the demo
+    checks against the base length)."""
+    texts = [str(row["text"]) if "text" in row else str(row["prompt"]) + str(row["completion"])
+             for _, row in jsonl_records(Path(path))]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]] if texts else [0]
     return max(lengths)

@@ -117,6 +117,12 @@ def string_match_part(prediction: str, references: list[str]) -> float:
     return float(max(ref.lower() in pred for ref in references))
 
 
+def first_number_match(prediction: str, answers: list[str]) -> float:
+    """Passkey retrieval's rule (LongLoRA, YaRN): the first integer in the prediction is the key."""
+    found = re.search(r"\d+", prediction)
+    return float(found is not None and found.group() in answers)
+
+
 _RANKING = re.compile(r"(\d+)(?:\s*>\s*(\d+))*")
 
 

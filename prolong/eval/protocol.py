@@ -29,6 +29,16 @@ NIAH_SINGLE_TEMPLATE = (
     "What is the special magic {type} for {query} mentioned in the provided text?"
 )
 NIAH_SINGLE_PREFIX = "The special magic {type} for {query} mentioned in the provided text is"
+# Passkey retrieval (Mohtashami & Jaggi 2023, "Landmark Attention"), as Position Interpolation, LongLoRA and
+# YaRN test a context extension: the task line, the garbage, the information line and the question, joined by
+# newlines; the base-model prompt ends at "The pass key is" (the question and prefix on one line).
+PASSKEY_TEMPLATE = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+    "I will quiz you about the important information there.\n{context}\nWhat is the pass key?"
+)
+PASSKEY_PREFIX = "The pass key is"
+PASSKEY_GARBAGE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+PASSKEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key."
 VT_TEMPLATE = (
     "{example}Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
     "Question: Find all variables that are assigned the value {query} in the text above."

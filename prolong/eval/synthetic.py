@@ -287,6 +287,41 @@ def niah(task: str, cfg: SynthConfig, num_examples: int) -> list[P.Example]:
     return examples
 
 
+# ---------------------------------------------------------------- passkey retrieval
+
+# passkey: LongLoRA's and YaRN's keys; passkey_digit: one digit (0-9), within reach of the demo's tiny model.
+PASSKEY_DIGITS: dict[str, int | None] = {"passkey": None, "passkey_digit": 1}
+
+
+def passkey_example(example_id: str, key: str, garbage_before: int, garbage_after: int,
+                    meta: dict[str, Any] | None = None) -> P.Example:
+    """A passkey prompt: `garbage_before` and `garbage_after` characters of the garbage sentence repeated
+    (space-joined, cut by characters as Landmark Attention and LongLoRA cut it) around the information line."""
+    repeats = max(garbage_before, garbage_after) // len(P.PASSKEY_GARBAGE) + 1
+    garbage = " ".join([P.PASSKEY_GARBAGE] * repeats)
+    context = "\n".join([garbage[:garbage_before], P.PASSKEY_LINE.format(key=key), garbage[:garbage_after]])
+    return P.Example(example_id, P.PASSKEY_TEMPLATE, context, P.PASSKEY_PREFIX, [key], dict(meta or {}),
+                     separator=" ")
+
+
+def passkey(task: str, cfg: SynthConfig, num_examples: int, digits: int | None) -> list[P.Example]:
+    """Passkey retrieval: a key between 1 and 50000 (LongLoRA's and YaRN's draw), or of `digits` digits,
+    at the example's depth in as many characters of garbage as fit."""
+    examples, hint = [], 3 * cfg.budget
+    for i in range(num_examples):
+        rng, depth = cfg.rng(task, i), cfg.depth(i, num_examples)
+        low, high = (1, 50000) if digits is None else (0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+        key = str(rng.randint(low, high))
+
+        def build(n: int, key: str = key, depth: float = depth, i: int = i) -> P.Example:
+            before = round(depth * n)
+            return passkey_example(f"{task}-{i}", key, before, n - before, {"depth": depth, "haystack_chars": n})
+
+        hint, example = fit(build, cfg, hint)
+        examples.append(example)
+    return examples
+
+
 # ---------------------------------------------------------------- variable tracking
 
 # RULER's own task template and answer prefix (data/synthetic/constants.py), used for its worked examples.
@@ -492,6 +527,8 @@ def build_synthetic(task: str, cfg: SynthConfig, num_examples: int) -> list[P.Ex
         return json_kv(cfg, num_examples)
     if task in NIAH_SPECS:
         return niah(task, cfg, num_examples)
+    if task in PASSKEY_DIGITS:
+        return passkey(task, cfg, num_examples, PASSKEY_DIGITS[task])
     if task == "ruler_vt":
         return variable_tracking(cfg, num_examples)
     if task == "ruler_cwe":

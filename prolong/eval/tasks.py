@@ -19,7 +19,7 @@ class TaskSpec:
     name: str
     category: str
     max_new_tokens: int  # HELMET's generation_max_length
-    scorer: str  # subem | ruler | ndcg | icl | qa | choice | summ
+    scorer: str  # subem | ruler | first_number | ndcg | icl | qa | choice | summ
     synthetic: bool = False
     # HELMET's configs ask for a newline stop on RAG/re-rank/ICL under the key `stop_new_line`, which its
     # argument parser (`--stop_newline`) never reads: every published HELMET number decoded without it.
@@ -54,6 +54,9 @@ TASKS: dict[str, TaskSpec] = {
     **{name: _ruler(name, 100 if name in ("ruler_niah_mk_3", "ruler_niah_mq") else 50, 128)
        for name in ("ruler_niah_s_1", "ruler_niah_s_2", "ruler_niah_s_3", "ruler_niah_mk_1", "ruler_niah_mk_2",
                     "ruler_niah_mk_3", "ruler_niah_mv", "ruler_niah_mq")},
+    # Passkey retrieval (not a HELMET or RULER task): LongLoRA's 10 new tokens, scored on the first number.
+    **{name: _t(name, "passkey", 10, "first_number", "first_number_match", synthetic=True, sizing_tokens=10)
+       for name in ("passkey", "passkey_digit")},
     "ruler_vt": _ruler("ruler_vt", 50, 30),
     "ruler_cwe": _ruler("ruler_cwe", 100, 120),
     "ruler_fwe": _ruler("ruler_fwe", 50, 50),
@@ -71,7 +74,7 @@ SYNTHETIC_TASKS = [name for name, spec in TASKS.items() if spec.synthetic]
 CATEGORIES: dict[str, list[str]] = {
     "recall": ["json_kv", "ruler_niah_mk_2", "ruler_niah_mk_3", "ruler_niah_mv"],
     "synthetic": SYNTHETIC_TASKS,
-    **{c: [n for n, s in TASKS.items() if s.category == c] for c in ("ruler", "rag", "rerank", "icl", "qa", "summ")},
+    **{c: [n for n, s in TASKS.items() if s.category == c] for c in ("ruler", "passkey", "rag", "rerank", "icl", "qa", "summ")},
 }
 # RULER's own names and short forms.
 ALIASES = {
@@ -151,6 +154,8 @@ def score(spec: TaskSpec, output: str, example: P.Example, chat: bool, judge: An
     if spec.scorer == "ruler":
         return {"ruler_recall": M.string_match_all(text, example.answers),
                 "ruler_part": M.string_match_part(text, example.answers)}
+    if spec.scorer == "first_number":
+        return {"first_number_match": M.first_number_match(text, example.answers)}
     if spec.scorer == "icl":  # only the parsed label counts
         return M.answer_metrics(M.parse_output(text, spec.parse_prefix), example.answers)
     if spec.scorer == "ndcg":
