@@ -1,6 +1,7 @@
 """`prolong ablate`: paired tiny extension runs that each change one thing of the demo's first long stage.
 
-Every run starts from the same base model (a finished `prolong demo` run's base stage), with the same
+Every run starts from the same base model (the stage a finished `prolong demo` run's first long stage
+starts from), with the same
 seed, steps, learning rate and data order; only the named setting differs from the reference (the
 demo's own stage: RoPE base raised, document masking, its long/short mix). Each is measured the same
 way: loss by position over long documents (mean beyond the base's length) and synthetic recall at the
@@ -67,11 +68,28 @@ ABLATIONS: dict[str, Ablation] = {
 }
 
 
+def first_long_stage(run: Recipe, where: Path | None = None) -> tuple[StageSpec, StageSpec]:
+    """(base, reference): the run's first long pretraining stage (longer than its first stage) and the
+    stage it starts from."""
+    longer = [s for s in run.stages if s.seq_len > run.stages[0].seq_len and s.kind == "pretrain"]
+    base = run.init_stage(longer[0]) if longer else None
+    if base is None:
+        raise UserError(f"{where or run.name}: ablations need a base stage followed by a long pretraining stage "
+                        "that starts from it")
+    return base, longer[0]
+
+
+def post_training(run: Recipe) -> list[StageSpec]:
+    """The run's stages after its last pretraining stage (its SFT), which every ablation run repeats."""
+    last = max(i for i, s in enumerate(run.stages) if s.kind == "pretrain")
+    return run.stages[last + 1 :]
+
+
 def variant_recipe(run: Recipe, run_dir: Path, ablation: Ablation, steps: int | None, examples: int) -> Recipe:
-    """The one-stage recipe of an ablation run: the run's first long stage changed as `ablation` says,
-    starting from the run's base export, with the run's tokenizer, data and seed."""
-    base = run.base_stage()
-    reference = run.stages[run.stages.index(base) + 1]
+    """The recipe of an ablation run: the run's first long stage changed as `ablation` says, starting
+    from the run's base export, then the run's post-training stages unchanged (so recall is measured
+    after the same SFT as the demo's final model), with the run's tokenizer, data and seed."""
+    base, reference = first_long_stage(run)
     long_domains = frozenset(d.name for d in run.data.domains if d.kind == "long")
     stage = ablation.stage(reference, long_domains)
     # shards are per stage name: runs with the reference's mixture share them (and the tokenized cache)
@@ -88,7 +106,7 @@ def variant_recipe(run: Recipe, run_dir: Path, ablation: Ablation, steps: int | 
         "name": f"{run.name}-ablate-{ablation.name}",
         "output_dir": str(run_dir / "ablate" / ablation.name),
         "tokenizer": TokenizerSpec(path=str(run_dir / "tokenizer")),
-        "stages": [stage.model_copy(update=update)],
+        "stages": [stage.model_copy(update=update), *post_training(run)],
         "eval": run.eval.model_copy(update={"lengths": lengths, "num_examples": examples}),
     })
 
@@ -107,7 +125,8 @@ def ablate(run_dir: str = "runs/demo", steps: int | None = None, examples: int =
            only: list[str] | None = None) -> None:
     """Paired tiny runs that change one thing of ProLong's first long stage, and how each compares.
 
-    Starts every run from the base model of a finished `prolong demo` run in RUN_DIR (its base stage,
+    Starts every run from the base model of a finished `prolong demo` run in RUN_DIR (the stage its
+    first long stage starts from,
     tokenizer and data): the reference (the demo's stage: RoPE base raised, document masks, its
     long/short mix), the RoPE base kept, attention across documents, 100% long data, 30% long data.
     Same seed, steps and data order; --steps N shortens them all; --examples N recall examples per
@@ -125,10 +144,7 @@ def ablate(run_dir: str = "runs/demo", steps: int | None = None, examples: int =
     if not (root / "recipe.yaml").is_file():
         raise UserError(f"{root} holds no demo run (no recipe.yaml): run `prolong demo --out-dir {root}` first")
     run = load_recipe(root / "recipe.yaml")
-    base = run.base_stage()
-    following = run.stages[run.stages.index(base) + 1 :]
-    if not following or following[0].kind != "pretrain":
-        raise UserError(f"{root / 'recipe.yaml'}: ablations need a base stage followed by a long pretraining stage")
+    base, _ = first_long_stage(run, where=root / "recipe.yaml")
     if not is_finished(run, base):
         raise UserError(f"the base stage {base.name!r} of {root} is not finished: run `prolong demo` first")
     unknown = sorted(set(only or []) - set(ABLATIONS))
@@ -138,8 +154,8 @@ def ablate(run_dir: str = "runs/demo", steps: int | None = None, examples: int =
     ppl_len = perplexity_length(run)
     results: dict[str, dict[str, Any]] = {}
     base_eval = variant_recipe(run, root, ABLATIONS["reference"], steps, examples).eval
-    results["base"] = {
-        "eval": run_eval(export_dir(run, base), base_eval, root / "ablate" / "base" / "eval"),
+    results["base"] = {  # recall of the base as the demo evaluates it (with its SFT at the base's length)
+        "eval": run_eval(export_dir(run, run.base_stage()), base_eval, root / "ablate" / "base" / "eval"),
         "perplexity": perplexity_by_model({"base": export_dir(run, base)}, run, ppl_len,
                                           root / "ablate" / "base" / "perplexity")["base"],
     }
@@ -152,13 +168,14 @@ def ablate(run_dir: str = "runs/demo", steps: int | None = None, examples: int =
         spec = load_recipe(path)  # validated like any recipe
         stage = spec.stages[0]
         console.rule(f"[bold]ablation {name}[/bold]: {ABLATIONS[name].change}")
-        if not is_finished(spec, stage):
-            build_stage(spec, stage)
+        if not is_finished(spec, spec.stages[-1]):
+            for each in spec.stages:
+                build_stage(spec, each)
             train(str(path), resume=True)
-        export = export_dir(spec, stage)
+        pretrained = export_dir(spec, stage)  # loss by position before any SFT, as the demo measures it
         results[name] = {
-            "eval": run_eval(export, spec.eval, out / "eval"),
-            "perplexity": perplexity_by_model({name: export}, spec, ppl_len, out / "perplexity")[name],
+            "eval": run_eval(export_dir(spec, spec.stages[-1]), spec.eval, out / "eval"),
+            "perplexity": perplexity_by_model({name: pretrained}, spec, ppl_len, out / "perplexity")[name],
             "stage": stage,
         }
     report = write_ablation_report(run, results, {n: ABLATIONS[n] for n in names}, base.seq_len,

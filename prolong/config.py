@@ -655,15 +655,22 @@ class Recipe(Strict):
         raise RecipeError(f"no stage {name!r} in recipe {self.name!r}; stages: {[s.name for s in self.stages]}")
 
     def base_stage(self) -> StageSpec:
-        """The stand-in for the pretrained model in a recipe that builds its own (the demo's): the last of
-        the leading stages at the first stage's length or shorter (a short SFT after the base belongs to it,
-        as post-training does), before the first stage that trains longer sequences."""
+        """The base model as evaluated, in a recipe that builds its own (the demo's): the last of the
+        leading stages at the first stage's length or shorter (a short SFT after the base belongs to it),
+        before the first stage that trains longer sequences."""
         base = self.stages[0]
         for stage in self.stages[1:]:
             if stage.seq_len > self.stages[0].seq_len:
                 break
             base = stage
         return base
+
+    def init_stage(self, stage: StageSpec) -> StageSpec | None:
+        """The stage of this recipe `stage` starts from (None: the recipe's model or a directory)."""
+        index = self.stages.index(stage)
+        if stage.init_from == "previous":
+            return self.stages[index - 1] if index else None
+        return next((s for s in self.stages[:index] if s.name == stage.init_from), None)
 
     def select_stages(self, names: str | None) -> list[StageSpec]:
         """The stages named in a comma list ("extend-1m,sft-1m"), in recipe order; all when None."""

@@ -175,10 +175,11 @@ def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: s
         train(str(recipe_path), resume=True)
 
     exports = _stage_exports(spec)
-    base, last = spec.base_stage(), spec.stages[-1].name
-    first = base.name
-    long_stages = [s.name for s in spec.stages if s.kind == "pretrain" and s.seq_len > base.seq_len]
-    compared = {f"before ({first})": exports[first], f"after ({last})": exports[last]}
+    # Recall: the base as evaluated (with its short SFT) against the final model. Loss by position: the
+    # pretraining stages, whose next-token distribution no answer-only SFT has changed.
+    before, last = spec.base_stage().name, spec.stages[-1].name
+    pretrained = [s.name for s in spec.stages if s.kind == "pretrain"] or [before]
+    compared = {f"before ({before})": exports[before], f"after ({last})": exports[last]}
     with clock.phase("eval", f"{', '.join(spec.eval.tasks)} at {', '.join(format_count(n) for n in spec.eval.lengths)}"):
         summaries = {}
         for label, path in compared.items():
@@ -187,10 +188,10 @@ def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: s
     ppl_len, base_len = perplexity_length(spec), spec.stages[0].seq_len
     with clock.phase("perplexity", f"loss by position over {format_count(ppl_len)}-token and "
                                    f"{format_count(base_len)}-token documents"):
-        perplexity = perplexity_by_model({name: exports[name] for name in [first, *long_stages, last]}, spec,
-                                         ppl_len, run_dir / "perplexity")
-        short = perplexity_by_model({name: exports[name] for name in (first, last)}, spec, base_len,
-                                    run_dir / "perplexity" / f"within-{base_len}")
+        perplexity = perplexity_by_model({name: exports[name] for name in pretrained}, spec, ppl_len,
+                                         run_dir / "perplexity")
+        short = perplexity_by_model({name: exports[name] for name in dict.fromkeys((pretrained[0], pretrained[-1]))},
+                                    spec, base_len, run_dir / "perplexity" / f"within-{base_len}")
 
     with clock.phase("report", "write report.md and its plots"):
         from prolong.report import write_report

@@ -283,7 +283,7 @@ def _retrieval_note(recipe: Recipe) -> str:
         notes.append(
             "The one skill the evaluation scores it on is taught directly: one-digit passkey questions in the "
             "evaluation's own template with fresh keys, the loss on the answer only (domain `passkey`; share of "
-            f"tokens: {shares('passkey')}), the same rows before extension and again in SFT.")
+            f"tokens: {shares('passkey')}).")
     return " ".join(notes) + (
         f" Each document is shorter than the base's {format_count(recipe.stages[0].seq_len)} tokens (checked when "
         "the data is built): the skill is taught at short range only, so recall at longer lengths measures whether "
@@ -354,7 +354,8 @@ Per-step metrics: `<stage>/metrics.jsonl`; per-stage plots: `<stage>/plots/`.
 
 Synthetic recall tasks (HELMET/RULER protocol, generated with the model's tokenizer at exact lengths),
 scores x100. "before" is the base model ({recipe.base_stage().name}, trained at
-{format_count(recipe.base_stage().seq_len)} tokens); "after" is the final model.
+{format_count(recipe.base_stage().seq_len)} tokens); "after" is the final model. Loss by position is measured
+on the pretraining stages, whose next-token distribution no SFT has changed.
 
 ![scores by length](eval.png)
 
@@ -374,7 +375,7 @@ a well-extended one keeps it flat or falling (more context, better prediction).
 
 The demo runs every mechanism of the real recipe: local corpora read as streams, repository documents,
 packing with document boundaries and a length curriculum, document-masked attention, RoPE base change,
-token-averaged chunked loss, checkpoints, HF exports, SFT with assistant-only loss, and the HELMET/RULER
+token-averaged chunked loss, checkpoints, HF exports, SFT with the loss on answers only, and the HELMET/RULER
 evaluation protocol. The model has a few million parameters and trains for minutes on a CPU: it is not
 Llama-3. {_retrieval_note(recipe)}
 The loss-by-position documents come from the same local corpus as the training data, so the loss
@@ -442,8 +443,12 @@ def write_ablation_report(run: Recipe, results: dict[str, dict[str, Any]], ablat
         return mean_score(results[name]["eval"], lambda n: n > base_len) or 0.0
 
     reference = results["reference"]["stage"]
-    base = run.base_stage()
-    reference_rope = _stage_rows(run)[run.stages.index(base) + 1][5]  # the demo's own first long stage
+    from prolong.ablate import first_long_stage, post_training
+
+    base, demo_stage = first_long_stage(run)
+    after = ", ".join(f"{s.name} ({s.num_steps} steps)" for s in post_training(run))
+    then = f", then the demo run's own {after} alike" if after else ""
+    reference_rope = _stage_rows(run)[run.stages.index(demo_stage)][5]
     examples = run.eval.num_examples
     some = next(iter(results["reference"]["eval"]["tasks"].values()))
     lengths = sorted(int(n) for n in some)
@@ -471,11 +476,13 @@ def write_ablation_report(run: Recipe, results: dict[str, dict[str, Any]], ablat
 
 Paired runs from the same base model ({base.name}, {format_count(base_len)} tokens), seed {run.seed}, each
 {reference.num_steps} steps of {format_count(reference.tokens_per_step)} tokens at {format_count(reference.seq_len)}
-(peak LR {reference.lr:g}); the reference is the demo's own stage ({reference_rope}, {reference.attention}
+(peak LR {reference.lr:g}){then}; the
+reference is the demo's own stage ({reference_rope}, {reference.attention}
 attention, {', '.join(f'{e.domain} {e.proportion:.0%}' for e in reference.mixture)}). Loss: mean next-token loss over
 positions {format_count(base_len)}-{format_count(seq_len)} of {results['reference']['perplexity']['documents']}
-{format_count(seq_len)}-token documents. Recall: mean of {', '.join(sorted(results['reference']['eval']['tasks']))}
-(x100) at {', '.join(format_count(n) for n in lengths)}, {num_examples or examples} examples each; one example moves
+{format_count(seq_len)}-token documents, measured before that SFT. Recall: mean of
+{', '.join(sorted(results['reference']['eval']['tasks']))} (x100) at {', '.join(format_count(n) for n in lengths)}
+after it ("base": {run.base_stage().name}), {num_examples or examples} examples each; one example moves
 the mean by {recall_tie:.1f}, so differences smaller than that are ties, as are loss differences under {loss_tie} nats.
 "reference - run": negative loss and positive recall mean the reference (ProLong's choice) is better.
 

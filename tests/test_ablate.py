@@ -17,8 +17,8 @@ def run():
 
 
 def _first_long(run):
-    """The demo's first long stage: the one after its base (base-512 + instruct-512)."""
-    return run.stages[run.stages.index(run.base_stage()) + 1]
+    """The demo's first long stage (it starts from base-512, not from the passkey-tuned instruct-512)."""
+    return run.stage("stage1-4k")
 
 
 def _differences(a, b) -> set[str]:
@@ -34,14 +34,24 @@ def test_each_run_changes_one_thing_of_the_reference(run, name: str, tmp_path: P
     expected = {"reference": set(), "rope-kept": {"rope"}, "cross-document": {"attention"},
                 "long-100": {"mixture"}, "long-30": {"mixture"}}[name]
     assert _differences(stage, reference) - {"name"} == expected
-    assert stage.init_from == str(root / run.base_stage().name) and not stage.carry_optimizer_state
+    assert stage.init_from == str(root / "base-512") and not stage.carry_optimizer_state
     assert spec.seed == run.seed and spec.tokenizer.path == str(root / "tokenizer")
     assert spec.data == run.data  # same shards and tokenized cache
-    assert all(n > run.base_stage().seq_len for n in spec.eval.lengths) and spec.eval.num_examples == 4
+    assert spec.stages[1:] == [run.stage("instruct-16k")]  # then the demo's own SFT, unchanged
+    assert all(n > run.stages[0].seq_len for n in spec.eval.lengths) and spec.eval.num_examples == 4
     # runs with the reference's mixture share its shards; the others get their own stage name
     assert (stage.name == reference.name) == (stage.mixture == reference.mixture)
     save_recipe(spec, tmp_path / "recipe.yaml")
     load_recipe(tmp_path / "recipe.yaml")  # a valid recipe
+
+
+def test_runs_start_where_the_demo_s_first_long_stage_starts(run) -> None:
+    from prolong.ablate import first_long_stage
+
+    assert [s.name for s in first_long_stage(load_recipe("tiny-demo"))] == ["base-512", "stage1-4k"]
+    assert [s.name for s in first_long_stage(load_recipe("tiny-smoke"))] == ["base-128", "stage1-512"]
+    with pytest.raises(UserError, match="ablations need a base stage"):
+        first_long_stage(run.model_copy(update={"stages": run.stages[:2]}))  # no long stage
 
 
 @pytest.mark.parametrize("share", [1.0, 0.3, 0.6])
@@ -95,7 +105,7 @@ def test_ablate_runs_paired_stages_from_a_demo_base_and_writes_the_table(tmp_pat
     assert (out / "ablate" / "ablation.png").stat().st_size > 10_000
     thetas = {}
     for name in ("reference", "rope-kept"):
-        export = next((out / "ablate" / name).glob("*/export/config.json"))
+        export = next((out / "ablate" / name).glob("ablate-*/export/config.json"))
         config = json.loads(export.read_text())
         thetas[name] = config.get("rope_theta") or config["rope_parameters"]["rope_theta"]
     assert thetas == {"reference": 1.0e5, "rope-kept": 1.0e4}

@@ -33,7 +33,7 @@ MAX_FILE_BYTES = 256 << 10
 MAX_REPO_BYTES = 2 << 20  # so one huge package (torch) does not become the whole corpus
 SHARES = {"code": 0.45, "prose": 0.3, "short": 0.1, "sft": 0.1, "retrieval": 0.05}
 IDENTIFIER = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]{3,24}\b")
-PASSKEY_ROWS = 4000  # rows of retrieval/passkey.jsonl (about 2.5 MB), beside the byte shares above
+PASSKEY_ROWS = 8000  # rows of retrieval/passkey.jsonl (about 3 MB), beside the byte shares above
 HAYSTACK_TEXTS = 400  # prose documents (haystacks, passages) and code files (passages) for retrieval
 
 

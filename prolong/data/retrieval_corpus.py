@@ -133,20 +133,23 @@ def retrieval_documents(
 
 # Passkey rows: at most this many characters of garbage (2.37 characters a token with the demo's 2K BPE, so
 # about 340 tokens, plus about 80 for the task line, information line and question: under 512, checked).
+# The amount is drawn skewed to short rows (max * u^3: half under 100 characters): on rows of 80-420 tokens
+# drawn evenly a base of this size often never finds the key in 150 steps; short rows form the skill, the
+# longer ones carry it to 512 tokens.
 PASSKEY_GARBAGE_CHARS = 800
 
 
 def passkey_rows(seed: int) -> Iterator[dict[str, str]]:
     """Endless {prompt, completion} rows of one-digit passkey retrieval in the evaluation's own template
     (prolong.eval.synthetic.passkey_example, as task passkey_digit renders it for a base model), with up to
-    PASSKEY_GARBAGE_CHARS characters of garbage and the line at a random depth; the completion is the key
-    and a full stop. Trained with the loss on the completion only (an SFT domain with prompt_field)."""
+    PASSKEY_GARBAGE_CHARS characters of garbage (mostly short) and the line at a random depth; the
+    completion is the key and a full stop. Trained with the loss on the completion only (an SFT domain with prompt_field)."""
     from prolong.eval.synthetic import passkey_example
 
     rng = random.Random(f"passkey/{seed}")
     index = 0
     while True:
-        garbage, key = rng.randint(0, PASSKEY_GARBAGE_CHARS), str(rng.randint(0, 9))
+        garbage, key = int(PASSKEY_GARBAGE_CHARS * rng.random() ** 3), str(rng.randint(0, 9))
         before = rng.randint(0, garbage)
         example = passkey_example(f"train-passkey-{index}", key, before, garbage - before)
         yield {"prompt": example.user_text() + example.separator + example.answer_prefix, "completion": f" {key}."}
