@@ -1,7 +1,7 @@
 """What a tiny Llama learns on 2 CPU cores within the demo's budget: retrieval and copying (issue 17).
 
     python benchmarks/bench_demo_learning.py [--quick] [--scale] [--ruler-probe DIR] [--carry DIR]
-        [--passkey-carry DIR] [--demo-run DIR] [--out benchmarks/results/demo_learning.md]
+        [--demo-run DIR] [--out benchmarks/results/demo_learning.md]
 
 The demo's base must learn to read its context in a few hundred steps. This measures, on synthetic
 random-token data (no tokenizer, no corpus), how many steps two skills take for a Hugging Face Llama of
@@ -31,8 +31,6 @@ answer only, one-token value) but in the evaluation's ruler_niah_s_1 format with
 from scratch and from DIR's base. --carry DIR fine-tunes DIR's base and its extended model (stage2-16k)
 alike on those needles at <= 512 tokens and measures recall at 512-8K before and after: does a skill
 taught at the base's length reach the lengths only the extended model was trained at?
---passkey-carry DIR asks the same with the demo's own passkey rows and the evaluation's passkey_digit
-prompts (the format the demo's instruct stage teaches).
 """
 
 from __future__ import annotations
@@ -319,61 +317,6 @@ def carry_probe(run_dir: Path, stage: str, steps: int, tokens: tuple[int, int] =
             "digit_loss": sum(digit_loss[-25:]) / len(digit_loss[-25:]), "seconds": time.perf_counter() - started}
 
 
-@torch.no_grad()
-def passkey_recall(model, tokenizer, length: int, n: int = 16) -> float:
-    """Share of `n` passkey_digit prompts of `length` tokens (the evaluation's, seed 0) whose greedy next
-    token is the key's."""
-    from prolong.eval import protocol as P
-    from prolong.eval.tasks import build_examples
-
-    hits = 0
-    for example in build_examples("passkey_digit", tokenizer, length, n, seed=0, chat=False):
-        key = tokenizer(" " + example.answers[0], add_special_tokens=False)["input_ids"][0]
-        logits = model(input_ids=torch.tensor([P.prompt_ids(tokenizer, example, chat=False)])).logits
-        hits += logits[0, -1].argmax().item() == key
-    return hits / n
-
-
-def passkey_probe(run_dir: Path, stage: str, steps: int, rows: int = 32, seed: int = 0) -> dict:
-    """A stage's export fine-tuned on the demo's own passkey rows (prolong.data.retrieval_corpus.passkey_rows,
-    <= 512 tokens, loss on the completion and EOS), `rows` a step, AdamW at 3e-3; passkey_digit recall at
-    512-8K before and after. Run on a base and on an extended model of the same run, it is the demo's
-    instruct stage given to each: does the extended model carry the short skill further?"""
-    import itertools
-
-    from prolong.data.retrieval_corpus import passkey_rows
-    from prolong.eval.engine import load_for_generation
-
-    model, tokenizer = load_for_generation(str(stage_export(run_dir, stage)), "float32", "cpu")
-    started = time.perf_counter()
-    before = {n: passkey_recall(model, tokenizer, n) for n in CARRY_LENGTHS}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
-    source, key_loss = passkey_rows(seed), []
-    model.train()
-    for step in range(1, steps + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = LR * min(1.0, step / WARMUP)
-        pairs = [(tokenizer(row["prompt"])["input_ids"],
-                  tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
-                 for row in itertools.islice(source, rows)]
-        width = max(len(p) + len(a) for p, a in pairs)
-        ids = torch.tensor([p + a + [tokenizer.eos_token_id] * (width - len(p) - len(a)) for p, a in pairs])
-        trained, key = torch.zeros_like(ids, dtype=torch.bool), torch.zeros_like(ids, dtype=torch.bool)
-        for i, (p, a) in enumerate(pairs):
-            trained[i, len(p) : len(p) + len(a)], key[i, len(p)] = True, True
-        losses = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[:, :-1].transpose(1, 2), ids[:, 1:],
-                                                   reduction="none")
-        losses[trained[:, 1:]].mean().backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        key_loss.append(losses[key[:, 1:]].mean().item())
-    model.eval()
-    return {"stage": stage, "steps": steps, "before": before,
-            "after": {n: passkey_recall(model, tokenizer, n) for n in CARRY_LENGTHS},
-            "digit_loss": sum(key_loss[-25:]) / len(key_loss[-25:]), "seconds": time.perf_counter() - started}
-
-
 def stage_export(run_dir: Path, stage: str | None = None) -> Path:
     """The export of a demo run's stage (the first, the base, when None)."""
     from prolong.config import load_recipe
@@ -467,10 +410,6 @@ def main() -> None:
                              "recall at 512-8K before and after")
     parser.add_argument("--carry-steps", type=int, default=300)
     parser.add_argument("--carry-tokens", default="160,512", help="LO,HI: lengths of --carry's needle documents")
-    parser.add_argument("--passkey-carry", type=Path, metavar="DIR",
-                        help="also fine-tune DIR's base-512 and stage2-16k alike on the demo's passkey rows; "
-                             "passkey_digit recall at 512-8K before and after")
-    parser.add_argument("--passkey-steps", type=int, default=100)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_learning.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -511,14 +450,6 @@ def main() -> None:
                  f"ruler_niah_s_1 needle documents of {lo}-{hi} tokens (noise haystack, loss on the answer only, AdamW "
                  f"{LR}); recall: the digit is the greedy next token, over 16 noise-haystack prompts per length, the "
                  "same prompts before and after (chance 0.10).\n\n" + carry_table(carried))
-    if args.passkey_carry:
-        carried = [passkey_probe(args.passkey_carry, stage, args.passkey_steps) for stage in ("base-512", "stage2-16k")]
-        text += (f"\n### The demo's passkey rows on a base and an extended model (`--passkey-carry {args.passkey_carry} "
-                 f"--passkey-steps {args.passkey_steps}`)\n\n"
-                 "The base and the extended model of one demo run (without the instruct stage), each fine-tuned alike "
-                 "on the demo's passkey rows (one digit, <= 512 tokens, loss on the answer only, 32 a step, AdamW "
-                 f"{LR}); recall: the key is the greedy next token, over the evaluation's 16 passkey_digit prompts "
-                 "per length, the same before and after (chance 0.10).\n\n" + carry_table(carried))
     if args.demo_run:
         demo = [train_demo_shape(args.demo_run, one_digit, args.demo_steps, small)
                 for one_digit, small in ((False, False), (True, False), (True, True))]

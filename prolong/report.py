@@ -49,8 +49,10 @@ def _stage_rows(recipe: Recipe) -> list[list[str]]:
         mix = ", ".join(
             f"{e.domain}{'@' + format_count(e.doc_len) if e.doc_len else ''} {e.proportion:.0%}" for e in stage.mixture
         )
+        init = recipe.init_stage(stage)
+        start = init.name if init else ("the model" if stage.init_from in ("previous", "model") else stage.init_from)
         rows.append([stage.name, stage.kind, format_count(stage.seq_len), str(stage.num_steps),
-                     format_count(stage.num_tokens), rope, f"{stage.lr:g}", stage.attention, mix])
+                     format_count(stage.num_tokens), rope, f"{stage.lr:g}", stage.attention, mix, start])
     return rows
 
 
@@ -333,7 +335,8 @@ The resolved recipe is in `recipe.yaml`; every number below comes from the files
 
 ## What ran
 
-{_table(["stage", "kind", "length", "steps", "tokens", "RoPE", "peak LR", "attention", "mixture"], _stage_rows(recipe))}
+{_table(["stage", "kind", "length", "steps", "tokens", "RoPE", "peak LR", "attention", "mixture", "starts from"],
+        _stage_rows(recipe))}
 
 ## Data
 
