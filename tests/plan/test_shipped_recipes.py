@@ -29,7 +29,7 @@ SHIPPED_STAGES: list[tuple[str, str, int]] = [
     ("ultralong-8b", "extend-4m", 32),
     ("ultralong-8b", "sft-4m", 32),
     *[("tiny-smoke", stage, 1) for stage in ("base-128", "stage1-512", "stage2-1k", "sft")],
-    *[("tiny-demo", stage, 1) for stage in ("base-512", "stage1-4k", "stage2-16k", "sft")],
+    *[("tiny-demo", stage, 1) for stage in ("base-512", "instruct-512", "stage1-4k", "stage2-16k", "instruct-16k")],
 ]
 GPU = Capacity(80 * 2**30)
 STRUCTURAL_LAYERS = 2
