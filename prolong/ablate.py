@@ -1,10 +1,10 @@
 """`prolong ablate`: paired tiny extension runs that each change one thing of the demo's first long stage.
 
 Every run starts from the same base model (the stage a finished `prolong demo` run's first long stage
-starts from), with the same
-seed, steps, learning rate and data order; only the named setting differs from the reference (the
-demo's own stage: RoPE base raised, document masking, its long/short mix). Each is measured the same
-way: loss by position over long documents (mean beyond the base's length) and synthetic recall at the
+starts from), with the same seed, steps, learning rate and data order; only the named setting differs
+from the reference (the demo's own stage: RoPE base raised, document masking, its long/short mix). Each
+then repeats the run's post-training (its SFT) unchanged and is measured the same way: loss by position
+over long documents before that SFT (mean beyond the base's length) and synthetic recall after it at the
 longer lengths. Results: RUN_DIR/ablate/ablation.md and ablation.png, one directory per run.
 """
 
@@ -69,8 +69,8 @@ ABLATIONS: dict[str, Ablation] = {
 
 
 def first_long_stage(run: Recipe, where: Path | None = None) -> tuple[StageSpec, StageSpec]:
-    """(base, reference): the run's first long pretraining stage (longer than its first stage) and the
-    stage it starts from."""
+    """(base, reference): the stage the run's first long pretraining stage (longer than its first stage)
+    starts from, and that stage."""
     longer = [s for s in run.stages if s.seq_len > run.stages[0].seq_len and s.kind == "pretrain"]
     base = run.init_stage(longer[0]) if longer else None
     if base is None:
@@ -126,10 +126,10 @@ def ablate(run_dir: str = "runs/demo", steps: int | None = None, examples: int =
     """Paired tiny runs that change one thing of ProLong's first long stage, and how each compares.
 
     Starts every run from the base model of a finished `prolong demo` run in RUN_DIR (the stage its
-    first long stage starts from,
-    tokenizer and data): the reference (the demo's stage: RoPE base raised, document masks, its
-    long/short mix), the RoPE base kept, attention across documents, 100% long data, 30% long data.
-    Same seed, steps and data order; --steps N shortens them all; --examples N recall examples per
+    first long stage starts from, its tokenizer and data): the reference (the demo's stage: RoPE base
+    raised, document masks, its long/short mix), the RoPE base kept, attention across documents, 100%
+    long data, 30% long data; each followed by the run's own SFT stages. Same seed, steps and data
+    order; --steps N shortens every run's long stage (not the SFT); --examples N recall examples per
     task and length; --only NAME... runs a subset (the reference is always run). Writes
     RUN_DIR/ablate/ablation.md and ablation.png; rerunning skips finished runs.
     """

@@ -267,7 +267,9 @@ def effect_section(recipe: Recipe, summaries: dict[str, dict[str, Any]], perplex
 
 
 def _retrieval_note(recipe: Recipe) -> str:
-    synthetic = {d.name for d in recipe.data.domains} & {"retrieval", "passkey"}
+    from prolong.demo import SYNTHETIC_DOMAINS
+
+    synthetic = {d.name for d in recipe.data.domains} & set(SYNTHETIC_DOMAINS)
     if not synthetic:
         return "Its recall scores are expected to be near zero: read the trends, not the absolute numbers."
 

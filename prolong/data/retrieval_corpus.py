@@ -10,6 +10,9 @@ within its training length. Four kinds, each a whole document:
              sentences, then RULER's single-needle question and answer (prolong.eval.synthetic's template)
     json_kv  a JSON object of UUID pairs, two worked examples, then HELMET's key question and its value
 
+`passkey_rows` writes one more kind, as prompt/completion rows for an SFT domain: passkey questions in
+the evaluation's passkey_digit template, trained on the answer only.
+
 They use the evaluation's own prompt templates with fresh random keys and values, and they are short:
 the demo checks, once its tokenizer exists, that none is longer than the base stage's sequence length
 (`longest_document_tokens`), so long-context recall is never trained on directly, only the skill at
@@ -133,9 +136,9 @@ def retrieval_documents(
 
 # Passkey rows: at most this many characters of garbage (2.37 characters a token with the demo's 2K BPE, so
 # about 340 tokens, plus about 80 for the task line, information line and question: under 512, checked).
-# The amount is drawn skewed to short rows (max * u^3: half under 100 characters): on rows of 80-420 tokens
-# drawn evenly a base of this size often never finds the key in 150 steps; short rows form the skill, the
-# longer ones carry it to 512 tokens.
+# The amount is drawn skewed to short rows (max * u^3: half under 100 characters): with rows of 80-420
+# tokens drawn evenly, one of two demo bases tried never found the key in 80-150 steps; short rows form
+# the skill, the longer ones carry it to 512 tokens (README, "Why the SFT is given twice").
 PASSKEY_GARBAGE_CHARS = 800
 
 
@@ -143,7 +146,8 @@ def passkey_rows(seed: int) -> Iterator[dict[str, str]]:
     """Endless {prompt, completion} rows of one-digit passkey retrieval in the evaluation's own template
     (prolong.eval.synthetic.passkey_example, as task passkey_digit renders it for a base model), with up to
     PASSKEY_GARBAGE_CHARS characters of garbage (mostly short) and the line at a random depth; the
-    completion is the key and a full stop. Trained with the loss on the completion only (an SFT domain with prompt_field)."""
+    completion is the key and a full stop. Trained with the loss on the completion only (an SFT domain
+    with prompt_field)."""
     from prolong.eval.synthetic import passkey_example
 
     rng = random.Random(f"passkey/{seed}")

@@ -1,4 +1,4 @@
-"""Synthetic long-context tasks (HELMET JSON KV, RULER needles, variable tracking, CWE, FWE).
+"""Synthetic long-context tasks (HELMET JSON KV, RULER needles, variable tracking, CWE, FWE, passkey).
 
 Generated offline with the evaluated model's tokenizer. Each example grows its haystack by binary search
 to the largest size whose rendered prompt fits `length - max_new_tokens` tokens, so prompt + answer
