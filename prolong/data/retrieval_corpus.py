@@ -45,9 +45,14 @@ def needle_sentence(key: str, value: str) -> str:
     return f"One of the special magic numbers for {key} is: {value}."
 
 
+def _base_prompt(example: P.Example) -> str:
+    """The prompt as the evaluation renders it for a base model (prolong.eval.protocol.render, no chat)."""
+    return P.render(None, example.user_text(), example.answer_prefix, chat=False, separator=example.separator)
+
+
 def _document(example: P.Example, answer: str) -> str:
     """The prompt as the evaluation renders it for a base model, followed by the answer."""
-    return example.user_text() + example.separator + example.answer_prefix + " " + answer
+    return _base_prompt(example) + " " + answer
 
 
 def _largest(build: Callable[[int], str], budget: int, least: int) -> str:
@@ -156,7 +161,7 @@ def passkey_rows(seed: int) -> Iterator[dict[str, str]]:
         garbage, key = int(PASSKEY_GARBAGE_CHARS * rng.random() ** 3), str(rng.randint(0, 9))
         before = rng.randint(0, garbage)
         example = passkey_example(f"train-passkey-{index}", key, before, garbage - before)
-        yield {"prompt": example.user_text() + example.separator + example.answer_prefix, "completion": f" {key}."}
+        yield {"prompt": _base_prompt(example), "completion": f" {key}."}
         index += 1
 
 
