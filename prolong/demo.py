@@ -117,6 +117,17 @@ def check_retrieval_lengths(recipe: Recipe, tokenizer_dir: str) -> int | None:
     return longest
 
 
+def check_corpus_files(recipe: Recipe, corpus: Path) -> None:
+    """Refuse a corpus that lacks a file the recipe reads from it: one built by an older prolong, whose
+    recipe had fewer domains (the corpus phase skips when corpus/summary.json exists)."""
+    for domain in recipe.data.domains:
+        for source in domain.sources:
+            path = Path(source.path).resolve()
+            if path.is_relative_to(corpus.resolve()) and not path.exists():
+                raise UserError(f"{corpus} lacks {path.name}, which domain {domain.name!r} reads: it was built "
+                                "for an older recipe; use --fresh to start over, or another --out-dir")
+
+
 def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: str = "runs/demo",
          fresh: bool = False, corpus_mb: int = 24, seed: int | None = None) -> None:
     """Run the whole ProLong recipe in miniature on this machine (no GPU, no download).
@@ -156,6 +167,7 @@ def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: s
         if not summary_path.exists():
             summary = build_local_corpus(corpus, max_bytes=corpus_mb << 20)
             write_json(summary_path, summary, indent=1)
+        check_corpus_files(spec, corpus)
         for part, numbers in json.loads(summary_path.read_text()).items():
             console.print(f"  {part:<9} {numbers['rows']:>7,} rows  {numbers['bytes'] / 2**20:6.1f} MiB")
 

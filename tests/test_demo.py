@@ -9,7 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from prolong.config import load_recipe
+from prolong.demo import check_corpus_files
+from prolong.errors import UserError
 
 
 def test_demo_pipeline_writes_a_report(tmp_path: Path):
@@ -43,3 +47,17 @@ def test_demo_pipeline_writes_a_report(tmp_path: Path):
     again = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already finished, skipping" in again.stdout
+
+
+def test_a_corpus_from_an_older_recipe_is_refused_with_the_missing_file(tmp_path: Path):
+    recipe = load_recipe("tiny-demo", output_dir=str(tmp_path))
+    corpus = tmp_path / "corpus"
+    for domain in recipe.data.domains:
+        for source in domain.sources:
+            Path(source.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(source.path).write_text("{}\n")
+    check_corpus_files(recipe, corpus)  # every file present: accepted
+
+    (corpus / "retrieval" / "passkey.jsonl").unlink()
+    with pytest.raises(UserError, match=r"lacks passkey.jsonl, which domain 'passkey' reads.*--fresh"):
+        check_corpus_files(recipe, corpus)
