@@ -57,6 +57,12 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
+def cache_keyword(model: Any) -> str:
+    """The forward keyword that takes a KV cache: `cache` in recent transformers 5.x, which deprecated
+    `past_key_values` (to be removed in 5.40), else `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class HFEngine:
     """Greedy decoding with chunked prefill; prompts of similar length share a left-padded batch."""
 
@@ -69,6 +75,7 @@ class HFEngine:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._cache_keyword = cache_keyword(model)
         self._newline_ids: set[int] | None = None
         self._prompt_attention = register_attention()  # prolong's adapter: mask-free chunked prefill
 
@@ -101,8 +108,8 @@ class HFEngine:
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         kwargs = {"logits_to_keep": 1} if self._keeps_logits else {}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, **kwargs)
+        kwargs[self._cache_keyword] = cache
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         return out.logits[:, -1, :]
 
     @torch.inference_mode()

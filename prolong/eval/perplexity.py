@@ -46,6 +46,8 @@ def token_losses(model: Any, ids: Sequence[int], last_n: int, chunk: int = 2048)
     """Next-token losses (nats) of the last `last_n` positions of `ids`, computed chunk by chunk."""
     from transformers import DynamicCache
 
+    from prolong.eval.engine import cache_keyword
+
     device = next(model.parameters()).device
     tokens = torch.tensor([list(ids)], dtype=torch.long, device=device)
     total = tokens.shape[1]
@@ -54,7 +56,7 @@ def token_losses(model: Any, ids: Sequence[int], last_n: int, chunk: int = 2048)
     losses = []
     for start in range(0, total - 1, chunk):
         end = min(start + chunk, total - 1)
-        out = model(input_ids=tokens[:, start:end], past_key_values=cache, use_cache=True)
+        out = model(input_ids=tokens[:, start:end], use_cache=True, **{cache_keyword(model): cache})
         lo = max(start, first_scored - 1)
         if lo < end:
             logits = out.logits[0, lo - start:].float()
