@@ -85,7 +85,8 @@ def post_training(run: Recipe) -> list[StageSpec]:
     return run.stages[last + 1 :]
 
 
-def variant_recipe(run: Recipe, run_dir: Path, ablation: Ablation, steps: int | None, examples: int) -> Recipe:
+def variant_recipe(run: Recipe, run_dir: Path, ablation: Ablation, steps: int | None,
+                   examples: int | None) -> Recipe:
     """The recipe of an ablation run: the run's first long stage changed as `ablation` says, starting
     from the run's base export, then the run's post-training stages unchanged (so recall is measured
     after the same SFT as the demo's final model), with the run's tokenizer, data and seed."""
@@ -107,7 +108,7 @@ def variant_recipe(run: Recipe, run_dir: Path, ablation: Ablation, steps: int | 
         "output_dir": str(run_dir / "ablate" / ablation.name),
         "tokenizer": TokenizerSpec(path=str(run_dir / "tokenizer")),
         "stages": [stage.model_copy(update=update), *post_training(run)],
-        "eval": run.eval.model_copy(update={"lengths": lengths, "num_examples": examples}),
+        "eval": run.eval.model_copy(update={"lengths": lengths, "num_examples": examples or run.eval.num_examples}),
     })
 
 
@@ -121,7 +122,7 @@ def mean_recall(summary: dict[str, Any]) -> float:
     return statistics.fmean(s for scores in summary["tasks"].values() for s in scores.values())
 
 
-def ablate(run_dir: str = "runs/demo", steps: int | None = None, examples: int = 8,
+def ablate(run_dir: str = "runs/demo", steps: int | None = None, examples: int | None = None,
            only: list[str] | None = None) -> None:
     """Paired tiny runs that change one thing of ProLong's first long stage, and how each compares.
 
@@ -130,8 +131,8 @@ def ablate(run_dir: str = "runs/demo", steps: int | None = None, examples: int =
     raised, document masks, its long/short mix), the RoPE base kept, attention across documents, 100%
     long data, 30% long data; each followed by the run's own SFT stages. Same seed, steps and data
     order; --steps N shortens every run's long stage (not the SFT); --examples N recall examples per
-    task and length; --only NAME... runs a subset (the reference is always run). Writes
-    RUN_DIR/ablate/ablation.md and ablation.png; rerunning skips finished runs.
+    task and length (default: the run's own); --only NAME... runs a subset (the reference is always
+    run). Writes RUN_DIR/ablate/ablation.md and ablation.png; rerunning skips finished runs.
     """
     from prolong.data.build import build_stage
     from prolong.demo import perplexity_by_model, perplexity_length

@@ -39,6 +39,7 @@ def test_each_run_changes_one_thing_of_the_reference(run, name: str, tmp_path: P
     assert spec.data == run.data  # same shards and tokenized cache
     assert spec.stages[1:] == [run.stage("instruct-16k")]  # then the demo's own SFT, unchanged
     assert all(n > run.stages[0].seq_len for n in spec.eval.lengths) and spec.eval.num_examples == 4
+    assert variant_recipe(run, root, ABLATIONS[name], None, None).eval.num_examples == run.eval.num_examples
     # runs with the reference's mixture share its shards; the others get their own stage name
     assert (stage.name == reference.name) == (stage.mixture == reference.mixture)
     save_recipe(spec, tmp_path / "recipe.yaml")
