@@ -136,7 +136,7 @@ def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: s
     documentation as prose, short synthetic retrieval documents), trains a tokenizer and a tiny base
     model at a short length, extends it with the recipe's long-context stages and SFT, evaluates it
     before and after extension, and writes OUT_DIR/report.md. --minutes scales every stage's steps
-    (default: the recipe as shipped, about 13.5 minutes of training and 16-17 in all on 2 idle CPU cores);
+    (default: the recipe as shipped, 13.5-15 minutes of training and 17-20 in all on 2 CPU cores);
     --recipe runs any tiny recipe the same way; --seed N trains with another seed (data order and
     initialisation; the evaluation examples stay the recipe's); --fresh starts over.
     """
