@@ -103,12 +103,13 @@ def variant_recipe(run: Recipe, run_dir: Path, ablation: Ablation, steps: int | 
     if steps is not None:
         update.update(steps=steps, total_tokens=None)
     lengths = [n for n in run.eval.lengths if n > base.seq_len] or run.eval.lengths
+    num_examples = examples if examples is not None else run.eval.num_examples
     return run.model_copy(update={
         "name": f"{run.name}-ablate-{ablation.name}",
         "output_dir": str(run_dir / "ablate" / ablation.name),
         "tokenizer": TokenizerSpec(path=str(run_dir / "tokenizer")),
         "stages": [stage.model_copy(update=update), *post_training(run)],
-        "eval": run.eval.model_copy(update={"lengths": lengths, "num_examples": examples or run.eval.num_examples}),
+        "eval": run.eval.model_copy(update={"lengths": lengths, "num_examples": num_examples}),
     })
 
 

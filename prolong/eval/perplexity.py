@@ -53,10 +53,10 @@ def token_losses(model: Any, ids: Sequence[int], last_n: int, chunk: int = 2048)
     total = tokens.shape[1]
     first_scored = total - last_n  # position whose *prediction* of the next token is scored first
     cache = DynamicCache(config=model.config)
-    losses = []
+    losses, cache_argument = [], {cache_keyword(model): cache}
     for start in range(0, total - 1, chunk):
         end = min(start + chunk, total - 1)
-        out = model(input_ids=tokens[:, start:end], use_cache=True, **{cache_keyword(model): cache})
+        out = model(input_ids=tokens[:, start:end], use_cache=True, **cache_argument)
         lo = max(start, first_scored - 1)
         if lo < end:
             logits = out.logits[0, lo - start:].float()
