@@ -96,13 +96,14 @@ def test_ablate_runs_paired_stages_from_a_demo_base_and_writes_the_table(tmp_pat
     demo = [sys.executable, "-m", "prolong", "demo", "--recipe", "tiny-smoke", "--out-dir", str(out),
             "--corpus-mb", "3"]
     subprocess.run(demo, check=True, capture_output=True, text=True, timeout=600, env=env)
-    ablate = [sys.executable, "-m", "prolong", "ablate", "--run-dir", str(out), "--steps", "1", "--examples", "1",
+    ablate = [sys.executable, "-m", "prolong", "ablate", "--run-dir", str(out), "--steps", "1", "--examples", "2",
               "--only", "rope-kept"]
     result = subprocess.run(ablate, check=False, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = (out / "ablate" / "ablation.md").read_text()
     for row in ("| base (no extension) |", "| reference |", "| rope-kept |"):
         assert row in table
+    assert "), 2 examples each;" in table  # the tie margin counts the prompts --examples asked for
     assert (out / "ablate" / "ablation.png").stat().st_size > 10_000
     thetas = {}
     for name in ("reference", "rope-kept"):
