@@ -157,8 +157,7 @@ def ablate(run_dir: str = "runs/demo", steps: int | None = None, examples: int |
     results: dict[str, dict[str, Any]] = {}
     base_eval = variant_recipe(run, root, ABLATIONS["reference"], steps, examples).eval
     results["base"] = {  # recall of the base as the demo evaluates it (with its SFT at the base's length)
-        "eval": {**run_eval(export_dir(run, run.base_stage()), base_eval, root / "ablate" / "base" / "eval"),
-                 "num_examples": base_eval.num_examples},
+        "eval": run_eval(export_dir(run, run.base_stage()), base_eval, root / "ablate" / "base" / "eval"),
         "perplexity": perplexity_by_model({"base": export_dir(run, base)}, run, ppl_len,
                                           root / "ablate" / "base" / "perplexity")["base"],
     }
@@ -177,11 +176,10 @@ def ablate(run_dir: str = "runs/demo", steps: int | None = None, examples: int |
             train(str(path), resume=True)
         pretrained = export_dir(spec, stage)  # loss by position before any SFT, as the demo measures it
         results[name] = {
-            "eval": {**run_eval(export_dir(spec, spec.stages[-1]), spec.eval, out / "eval"),
-                     "num_examples": spec.eval.num_examples},  # what the report's tie margin counts
+            "eval": run_eval(export_dir(spec, spec.stages[-1]), spec.eval, out / "eval"),
             "perplexity": perplexity_by_model({name: pretrained}, spec, ppl_len, out / "perplexity")[name],
             "stage": stage,
         }
     report = write_ablation_report(run, results, {n: ABLATIONS[n] for n in names}, base.seq_len,
-                                   root / "ablate")
+                                   base_eval.num_examples, root / "ablate")
     print(f"ablation report: {report}", flush=True)

@@ -435,10 +435,11 @@ def plot_ablation(perplexity: dict[str, dict[str, Any]], deltas: dict[str, tuple
 
 
 def write_ablation_report(run: Recipe, results: dict[str, dict[str, Any]], ablations: dict[str, Any],
-                          base_len: int, out_dir: Path) -> Path:
+                          base_len: int, num_examples: int, out_dir: Path) -> Path:
     """OUT_DIR/ablation.md and ablation.png from the paired runs' results; returns the report's path.
 
-    results: "base" and each ablation name -> {"eval": summary, "perplexity": result, "stage": StageSpec}.
+    results: "base" and each ablation name -> {"eval": summary, "perplexity": result, "stage": StageSpec};
+    num_examples: the prompts each run was evaluated on per task and length (the recall tie margin).
     """
     def beyond(name: str) -> float:
         result = results[name]["perplexity"]
@@ -454,11 +455,9 @@ def write_ablation_report(run: Recipe, results: dict[str, dict[str, Any]], ablat
     after = ", ".join(f"{s.name} ({s.num_steps} steps)" for s in post_training(run))
     then = f", then the demo run's own {after} alike" if after else ""
     reference_rope = _stage_rows(run)[run.stages.index(demo_stage)][5]
-    examples = run.eval.num_examples
     some = next(iter(results["reference"]["eval"]["tasks"].values()))
     lengths = sorted(int(n) for n in some)
-    num_examples = results["reference"]["eval"].get("num_examples")
-    recall_tie = 100 / max(1, len(results["reference"]["eval"]["tasks"]) * len(lengths) * (num_examples or examples))
+    recall_tie = 100 / max(1, len(results["reference"]["eval"]["tasks"]) * len(lengths) * num_examples)
     loss_tie = 0.01
     rows = [["base (no extension)", "-", f"{beyond('base'):.3f}", "", f"{recall('base'):.1f}", "", "", ""]]
     deltas = {}
@@ -487,7 +486,7 @@ attention, {', '.join(f'{e.domain} {e.proportion:.0%}' for e in reference.mixtur
 positions {format_count(base_len)}-{format_count(seq_len)} of {results['reference']['perplexity']['documents']}
 {format_count(seq_len)}-token documents, measured before that SFT. Recall: mean of
 {', '.join(sorted(results['reference']['eval']['tasks']))} (x100) at {', '.join(format_count(n) for n in lengths)}
-after it ("base": {run.base_stage().name}), {num_examples or examples} examples each; one example moves
+after it ("base": {run.base_stage().name}), {num_examples} examples each; one example moves
 the mean by {recall_tie:.1f}, so differences smaller than that are ties, as are loss differences under {loss_tie} nats.
 "reference - run": negative loss and positive recall mean the reference (ProLong's choice) is better.
 
