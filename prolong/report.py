@@ -15,11 +15,34 @@ from prolong.config import Recipe, format_count
 
 
 def machine_line() -> str:
-    """One line about where the run happened."""
+    """One line about where the run happened: the CPU's vector extensions decide the training dtype (and speed)."""
     import os
     import platform
 
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    import torch
+
+    from prolong.model.loss import native_cpu_bf16
+
+    cpu = f"{torch.backends.cpu.get_cpu_capability()}, native bf16 {'yes' if native_cpu_bf16() else 'no'}"
+    return f"{platform.machine()} ({cpu}), {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def cpu_dtype_line(recipe: Recipe, run_dir: Path) -> str:
+    """What CPU training computed in, from each trained stage's resolved recipe.yaml: the same recipe and
+    seed give other numbers in bfloat16 (autocast, where the CPU has native bf16) than in float32."""
+    from prolong.config import load_recipe
+    from prolong.train.stages import stage_dir
+
+    dtypes: dict[str, list[str]] = {}
+    for stage in recipe.stages:
+        path = stage_dir(recipe, stage) / "recipe.yaml"
+        if path.exists():
+            dtypes.setdefault(load_recipe(path).training.cpu_compute_dtype, []).append(stage.name)
+    if not dtypes:
+        return ""
+    parts = [f"{dtype} ({', '.join(names)})" for dtype, names in dtypes.items()] if len(dtypes) > 1 else list(dtypes)
+    return (f"Training on a CPU computes in {' and '.join(parts)} (`training.cpu_compute_dtype`, resolved; "
+            "a run of the same seed in the other dtype gives other numbers).")
 
 
 def _pyplot() -> Any:
@@ -329,6 +352,7 @@ def write_report(recipe: Recipe, run_dir: Path, summaries: dict[str, dict[str, A
 {recipe.description.strip()}
 
 Ran on {machine_line()} in {total_seconds / 60:.1f} minutes ({phases}).
+{cpu_dtype_line(recipe, run_dir)}
 The resolved recipe is in `recipe.yaml`; every number below comes from the files in this directory.
 
 ## The effect

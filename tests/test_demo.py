@@ -14,6 +14,7 @@ import pytest
 from prolong.config import load_recipe
 from prolong.demo import check_corpus_files
 from prolong.errors import UserError
+from prolong.model.loss import resolve_cpu_compute_dtype
 
 
 def test_demo_pipeline_writes_a_report(tmp_path: Path):
@@ -41,6 +42,10 @@ def test_demo_pipeline_writes_a_report(tmp_path: Path):
         assert f"| ruler_niah_s_1 | {label} |" in report
     assert (out / "eval" / "sft" / "ruler_niah_s_1_2048.json").exists()
     assert "| positions | base-128 | stage1-512 | stage2-1k |" in report
+    # the report says which dtype CPU training computed in, as each stage recorded it
+    trained_in = {load_recipe(out / s.name / "recipe.yaml").training.cpu_compute_dtype for s in recipe.stages}
+    assert trained_in == {resolve_cpu_compute_dtype(recipe.training.cpu_compute_dtype)}
+    assert f"Training on a CPU computes in {trained_in.pop()} (`training.cpu_compute_dtype`" in report
     assert elapsed < 120, f"the toy demo took {elapsed:.0f}s"  # issue 8: the fast pipeline runs in < 2 minutes
 
     # a second run finds everything done and only rewrites the report
