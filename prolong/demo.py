@@ -20,7 +20,9 @@ from prolong.config import Recipe, format_count, load_recipe, save_recipe
 from prolong.errors import UserError
 from prolong.publish import write_json
 
-DEFAULT_MINUTES = 13.5  # the training budget the shipped tiny-demo's step counts are sized for
+# Minutes the shipped tiny-demo's training took on 2 cores (measured, README): bf16 autocast where the CPU
+# has native bf16, float32 elsewhere (AVX2). --minutes N scales the steps by N over this machine's figure.
+TRAINING_MINUTES = {"bfloat16": 6.8, "float32": 15.1}
 # the demo corpus' synthetic retrieval documents and passkey rows (prolong.data.retrieval_corpus)
 SYNTHETIC_DOMAINS = ("retrieval", "passkey")
 console = Console()
@@ -128,24 +130,35 @@ def check_corpus_files(recipe: Recipe, corpus: Path) -> None:
                                 "for an older recipe; use --fresh to start over, or another --out-dir")
 
 
-def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: str = "runs/demo",
+def shipped_training_minutes(recipe: Recipe) -> float:
+    """About how long the shipped tiny-demo's training takes here, by the dtype CPU training will compute in."""
+    from prolong.model.loss import resolve_cpu_compute_dtype
+
+    return TRAINING_MINUTES[resolve_cpu_compute_dtype(recipe.training.cpu_compute_dtype)]
+
+
+def demo(minutes: float | None = None, recipe: str = "tiny-demo", out_dir: str = "runs/demo",
          fresh: bool = False, corpus_mb: int = 24, seed: int | None = None) -> None:
     """Run the whole ProLong recipe in miniature on this machine (no GPU, no download).
 
     Builds a corpus from what the machine has (Python packages as code repositories, system
     documentation as prose, short synthetic retrieval documents), trains a tokenizer and a tiny base
     model at a short length, extends it with the recipe's long-context stages and SFT, evaluates it
-    before and after extension, and writes OUT_DIR/report.md. --minutes scales every stage's steps
-    (default: the recipe as shipped, 13.5-15 minutes of training and 17-20 in all on 2 CPU cores);
+    before and after extension, and writes OUT_DIR/report.md. --minutes N scales every stage's steps to
+    about N minutes of training here (default: the recipe as shipped; on 2 CPU cores about 7 minutes of
+    training and 9 in all where the CPU has native bf16, 15 and 20 in float32 on AVX2);
     --recipe runs any tiny recipe the same way; --seed N trains with another seed (data order and
     initialisation; the evaluation examples stay the recipe's); --fresh starts over.
     """
     from prolong.data.build import build_stage, resolve_tokenizer
     from prolong.data.local_corpus import build_local_corpus
     from prolong.eval.runner import run_eval
+    from prolong.model.loss import native_cpu_bf16, resolve_cpu_compute_dtype
     from prolong.train.commands import train
 
-    spec = scale_recipe(load_recipe(recipe, output_dir=out_dir), minutes / DEFAULT_MINUTES)
+    spec = load_recipe(recipe, output_dir=out_dir)
+    if minutes is not None:
+        spec = scale_recipe(spec, minutes / shipped_training_minutes(spec))
     if seed is not None:
         spec = spec.model_copy(update={"seed": seed})
     run_dir = Path(spec.output_dir)
@@ -160,6 +173,9 @@ def demo(minutes: float = DEFAULT_MINUTES, recipe: str = "tiny-demo", out_dir: s
     clock = PhaseClock()
     started = time.perf_counter()
     console.print(f"seed {spec.seed}; evaluation examples drawn with seed {spec.eval.seed}")
+    if resolve_cpu_compute_dtype(spec.training.cpu_compute_dtype) == "float32" and not native_cpu_bf16():
+        console.print("this CPU has no native bf16 (AVX512-BF16 or AMX): training computes in float32, which "
+                      "takes about twice as long as bf16 autocast on a CPU with it, and gives other numbers")
 
     with clock.phase("corpus", "gather code repositories and prose from this machine"):
         corpus = run_dir / "corpus"

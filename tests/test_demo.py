@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from prolong.config import load_recipe
-from prolong.demo import check_corpus_files
+from prolong.demo import TRAINING_MINUTES, check_corpus_files, scale_recipe, shipped_training_minutes
 from prolong.errors import UserError
 from prolong.model.loss import resolve_cpu_compute_dtype
 
@@ -66,3 +66,13 @@ def test_a_corpus_from_an_older_recipe_is_refused_with_the_missing_file(tmp_path
     (corpus / "retrieval" / "passkey.jsonl").unlink()
     with pytest.raises(UserError, match=r"lacks passkey.jsonl, which domain 'passkey' reads.*--fresh"):
         check_corpus_files(recipe, corpus)
+
+
+def test_minutes_scale_the_steps_by_this_cpus_measured_training_time():
+    recipe = load_recipe("tiny-demo")
+    for dtype in ("float32", "bfloat16"):
+        pinned = recipe.model_copy(update={"training": recipe.training.model_copy(update={"cpu_compute_dtype": dtype})})
+        assert shipped_training_minutes(pinned) == TRAINING_MINUTES[dtype]
+    assert TRAINING_MINUTES["float32"] > TRAINING_MINUTES["bfloat16"]
+    half = scale_recipe(recipe, 0.5)
+    assert [s.num_steps for s in half.stages] == [max(1, round(s.num_steps / 2)) for s in recipe.stages]
