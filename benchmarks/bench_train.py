@@ -81,9 +81,10 @@ def _tokens(seq_len: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ variants
-def run_prolong(seq_len: int, n_docs: int, steps: int, demo: bool = False) -> dict:
+def run_prolong(seq_len: int, n_docs: int, steps: int, demo: bool = False, bf16: bool = False) -> dict:
     """prolong's train_step; under torchrun the ranks form one sequence-parallel group. demo: as the
-    demo's recipe runs it (no activation checkpointing, the loss in one chunk of seq_len tokens)."""
+    demo's recipe runs it (no activation checkpointing, the loss in one chunk of seq_len tokens); bf16:
+    under CPU bf16 autocast, as training.cpu_compute_dtype auto does on a CPU with native bf16."""
     import numpy as np
 
     from prolong.config import OptimizerSpec
@@ -97,7 +98,8 @@ def run_prolong(seq_len: int, n_docs: int, steps: int, demo: bool = False) -> di
     world = int(os.environ.get("WORLD_SIZE", "1"))
     mesh = ParallelMesh.create(sequence_parallel=world)
     chunk = seq_len if demo else 2048
-    wrapped = CausalLMWithChunkedLoss(_model(register_attention("sdpa_per_doc")), chunk_tokens=chunk)
+    wrapped = CausalLMWithChunkedLoss(_model(register_attention("sdpa_per_doc")), chunk_tokens=chunk,
+                                      cpu_autocast=torch.bfloat16 if bf16 else None)
     model = parallelize(wrapped, mesh, "sdpa_per_doc", activation_checkpointing=not demo)
     optimizer = build_optimizer(model, OptimizerSpec(), lr=1e-4)
     sequence = PackedSequence(
@@ -177,12 +179,15 @@ def _subprocess(variant: str, seq_len: int, n_docs: int, steps: int, threads: in
 
 
 # ------------------------------------------------------------------------------------ report
-VARIANTS = ("baseline", "prolong", "prolong-demo")
+VARIANTS = ("baseline", "prolong", "prolong-demo", "prolong-demo-bf16")
 
 
 def bench_step(seq_len: int, n_docs: int, steps: int, threads: int) -> dict:
+    from prolong.model.loss import native_cpu_bf16
+
     rows = {}
-    for variant in VARIANTS:
+    # bf16 autocast only where the CPU computes it natively (elsewhere it is emulated, many times slower)
+    for variant in VARIANTS if native_cpu_bf16() else VARIANTS[:-1]:
         result = _subprocess(variant, seq_len, n_docs, steps, threads)[0]
         step_cpu = statistics.median(result["cpu"][1:] or result["cpu"])  # the first step warms up
         rows[variant] = {
@@ -218,12 +223,13 @@ def report(step: dict, sp: dict, seq_len: int, sp_len: int, n_docs: int, command
         "baseline": "transformers Trainer step, DataCollatorWithFlattening + sdpa",
         "prolong": "prolong train_step (per-document attention, chunked loss, activation checkpointing, FSDP2)",
         "prolong-demo": "prolong train_step as the demo runs it (no activation checkpointing, loss in one chunk)",
+        "prolong-demo-bf16": "the same under CPU bf16 autocast (the demo's cpu_compute_dtype auto on this CPU)",
     }
     lines = [
         "## Training step (`benchmarks/bench_train.py`)",
         "",
         (
-            f"`{command}` — {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, CPU, float32, "
+            f"`{command}` — {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, CPU, float32 unless noted, "
             f"torch {torch.__version__}, {threads} torch thread(s) per variant. Model: Llama-shaped, {shape}. "
             "Fresh subprocess per variant; speed = tokens per CPU-second of the step (process time, all threads: "
             "on a shared machine wall time also measures the other jobs; the wall column is for reference); "
@@ -251,8 +257,9 @@ def report(step: dict, sp: dict, seq_len: int, sp_len: int, n_docs: int, command
         (
             f"prolong / baseline: **{speed:.2f}x tokens per CPU-second** with activation checkpointing (goal >= 1.5x), "
             f"**{demo_speed:.2f}x** as the demo runs it (goal >= 3x); **{memory:.2f}x peak memory** with checkpointing "
-            f"(goal <= 0.5x), {demo['peak_rss_mb'] / base['peak_rss_mb']:.2f}x as the demo runs it. Losses agree: all "
-            "are the mean over the same valid tokens (each document's first token is not predicted from the previous one)."
+            f"(goal <= 0.5x), {demo['peak_rss_mb'] / base['peak_rss_mb']:.2f}x as the demo runs it. The float32 losses "
+            "agree: all are the mean over the same valid tokens (each document's first token is not predicted from the "
+            "previous one)."
         ),
         "",
         f"### Sequence parallelism: memory per rank, one step at {sp_len // K}K tokens ({n_docs} documents)",
@@ -294,7 +301,8 @@ def main() -> int:
         if args.variant == "baseline":
             result = run_baseline(args.seq_len, args.docs, args.steps)
         else:
-            result = run_prolong(args.seq_len, args.docs, args.steps, demo=args.variant == "prolong-demo")
+            result = run_prolong(args.seq_len, args.docs, args.steps, demo=args.variant.startswith("prolong-demo"),
+                                 bf16=args.variant == "prolong-demo-bf16")
         Path(args.result, f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(result))
         return 0
     seq_len, sp_len = (4 * K, 8 * K) if args.quick else (16 * K, 32 * K)
