@@ -83,11 +83,11 @@ def _tokens(seq_len: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ variants
 def run_prolong(seq_len: int, n_docs: int, steps: int, demo: bool = False, bf16: bool = False) -> dict:
     """prolong's train_step; under torchrun the ranks form one sequence-parallel group. demo: as the
-    demo's recipe runs it (no activation checkpointing, the loss in one chunk of seq_len tokens); bf16:
+    demo's recipe runs it (no activation checkpointing, the loss in tiny-demo's loss_chunk_tokens); bf16:
     under CPU bf16 autocast, as training.cpu_compute_dtype auto does on a CPU with native bf16."""
     import numpy as np
 
-    from prolong.config import OptimizerSpec
+    from prolong.config import OptimizerSpec, load_recipe
     from prolong.data.format import PackedSequence
     from prolong.model.attention import register_attention
     from prolong.model.loss import CausalLMWithChunkedLoss
@@ -97,7 +97,7 @@ def run_prolong(seq_len: int, n_docs: int, steps: int, demo: bool = False, bf16:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     mesh = ParallelMesh.create(sequence_parallel=world)
-    chunk = seq_len if demo else 2048
+    chunk = load_recipe("tiny-demo").training.loss_chunk_tokens if demo else 2048
     wrapped = CausalLMWithChunkedLoss(_model(register_attention("sdpa_per_doc")), chunk_tokens=chunk,
                                       cpu_autocast=torch.bfloat16 if bf16 else None)
     model = parallelize(wrapped, mesh, "sdpa_per_doc", activation_checkpointing=not demo)
@@ -214,6 +214,8 @@ def bench_sp_memory(seq_len: int, n_docs: int, threads: int) -> dict:
 
 
 def report(step: dict, sp: dict, seq_len: int, sp_len: int, n_docs: int, command: str, threads: int) -> str:
+    from prolong.config import load_recipe
+
     base, ours, demo = step["baseline"], step["prolong"], step["prolong-demo"]
     speed = ours["tokens_per_cpu_s"] / base["tokens_per_cpu_s"]
     demo_speed = demo["tokens_per_cpu_s"] / base["tokens_per_cpu_s"]
@@ -222,7 +224,8 @@ def report(step: dict, sp: dict, seq_len: int, sp_len: int, n_docs: int, command
     names = {
         "baseline": "transformers Trainer step, DataCollatorWithFlattening + sdpa",
         "prolong": "prolong train_step (per-document attention, chunked loss, activation checkpointing, FSDP2)",
-        "prolong-demo": "prolong train_step as the demo runs it (no activation checkpointing, loss in one chunk)",
+        "prolong-demo": "prolong train_step as the demo runs it (no activation checkpointing, tiny-demo's "
+                        f"{load_recipe('tiny-demo').training.loss_chunk_tokens}-token loss chunks)",
         "prolong-demo-bf16": "the same under CPU bf16 autocast (the demo's cpu_compute_dtype auto on this CPU)",
     }
     lines = [
@@ -261,6 +264,17 @@ def report(step: dict, sp: dict, seq_len: int, sp_len: int, n_docs: int, command
             "agree: all are the mean over the same valid tokens (each document's first token is not predicted from the "
             "previous one)."
         ),
+    ]
+    if "prolong-demo-bf16" in step:
+        bf16 = step["prolong-demo-bf16"]
+        lines += ["", (
+            f"With bf16 autocast (this CPU has native bf16): **{bf16['tokens_per_cpu_s'] / base['tokens_per_cpu_s']:.2f}x** "
+            f"the baseline, {bf16['tokens_per_cpu_s'] / demo['tokens_per_cpu_s']:.2f}x the float32 demo step; its loss "
+            "differs from float32's by bf16 rounding only."
+        )]
+    else:
+        lines += ["", "This CPU has no native bf16: the bf16-autocast variant is not run (it would be emulated)."]
+    lines += [
         "",
         f"### Sequence parallelism: memory per rank, one step at {sp_len // K}K tokens ({n_docs} documents)",
         "",
