@@ -81,13 +81,20 @@ def _tokens(seq_len: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ variants
+def demo_loss_chunk_tokens() -> int:
+    """The loss chunk the demo trains with (tiny-demo.yaml's training.loss_chunk_tokens)."""
+    from prolong.config import load_recipe
+
+    return load_recipe("tiny-demo").training.loss_chunk_tokens
+
+
 def run_prolong(seq_len: int, n_docs: int, steps: int, demo: bool = False, bf16: bool = False) -> dict:
     """prolong's train_step; under torchrun the ranks form one sequence-parallel group. demo: as the
     demo's recipe runs it (no activation checkpointing, the loss in tiny-demo's loss_chunk_tokens); bf16:
     under CPU bf16 autocast, as training.cpu_compute_dtype auto does on a CPU with native bf16."""
     import numpy as np
 
-    from prolong.config import OptimizerSpec, load_recipe
+    from prolong.config import OptimizerSpec
     from prolong.data.format import PackedSequence
     from prolong.model.attention import register_attention
     from prolong.model.loss import CausalLMWithChunkedLoss
@@ -97,7 +104,7 @@ def run_prolong(seq_len: int, n_docs: int, steps: int, demo: bool = False, bf16:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     mesh = ParallelMesh.create(sequence_parallel=world)
-    chunk = load_recipe("tiny-demo").training.loss_chunk_tokens if demo else 2048
+    chunk = demo_loss_chunk_tokens() if demo else 2048
     wrapped = CausalLMWithChunkedLoss(_model(register_attention("sdpa_per_doc")), chunk_tokens=chunk,
                                       cpu_autocast=torch.bfloat16 if bf16 else None)
     model = parallelize(wrapped, mesh, "sdpa_per_doc", activation_checkpointing=not demo)
@@ -214,8 +221,6 @@ def bench_sp_memory(seq_len: int, n_docs: int, threads: int) -> dict:
 
 
 def report(step: dict, sp: dict, seq_len: int, sp_len: int, n_docs: int, command: str, threads: int) -> str:
-    from prolong.config import load_recipe
-
     base, ours, demo = step["baseline"], step["prolong"], step["prolong-demo"]
     speed = ours["tokens_per_cpu_s"] / base["tokens_per_cpu_s"]
     demo_speed = demo["tokens_per_cpu_s"] / base["tokens_per_cpu_s"]
@@ -225,7 +230,7 @@ def report(step: dict, sp: dict, seq_len: int, sp_len: int, n_docs: int, command
         "baseline": "transformers Trainer step, DataCollatorWithFlattening + sdpa",
         "prolong": "prolong train_step (per-document attention, chunked loss, activation checkpointing, FSDP2)",
         "prolong-demo": "prolong train_step as the demo runs it (no activation checkpointing, tiny-demo's "
-                        f"{load_recipe('tiny-demo').training.loss_chunk_tokens}-token loss chunks)",
+                        f"{demo_loss_chunk_tokens()}-token loss chunks)",
         "prolong-demo-bf16": "the same under CPU bf16 autocast (the demo's cpu_compute_dtype auto on this CPU)",
     }
     lines = [

@@ -19,12 +19,9 @@ def machine_line() -> str:
     import os
     import platform
 
-    import torch
+    from prolong.model.loss import cpu_description
 
-    from prolong.model.loss import native_cpu_bf16
-
-    cpu = f"{torch.backends.cpu.get_cpu_capability()}, native bf16 {'yes' if native_cpu_bf16() else 'no'}"
-    return f"{platform.machine()} ({cpu}), {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{platform.machine()} ({cpu_description()}), {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def cpu_dtype_line(recipe: Recipe, run_dir: Path) -> str:

@@ -62,6 +62,11 @@ def native_cpu_bf16() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+def cpu_description() -> str:
+    """This CPU's vector extensions and whether it has native bf16 (what cpu_compute_dtype auto decides by)."""
+    return f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if native_cpu_bf16() else 'no'}"
+
+
 def resolve_cpu_compute_dtype(choice: str) -> str:
     """training.cpu_compute_dtype resolved: auto is bfloat16 where the CPU has native bf16, else float32."""
     if choice not in ("auto", "float32", "bfloat16"):

@@ -45,7 +45,7 @@ from prolong.model.attention import (
 from prolong.model.io import init_model, load_model, load_tokenizer, parse_dtype, save_model
 from prolong.model.loss import (
     CausalLMWithChunkedLoss,
-    native_cpu_bf16,
+    cpu_description,
     resolve_cpu_compute_dtype,
     resolve_loss_kernel,
 )
@@ -252,8 +252,7 @@ def resolve_installed_choices(recipe: Recipe, mesh: ParallelMesh) -> Recipe:
     cpu_dtype = resolve_cpu_compute_dtype(cpu_choice)
     if mesh.is_main and (cpu_choice != "float32" or mesh.device.type == "cpu"):
         print(f"CPU compute dtype: {cpu_dtype} (training.cpu_compute_dtype: {cpu_choice}; this CPU: "
-              f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if native_cpu_bf16() else 'no'})",
-              flush=True)
+              f"{cpu_description()})", flush=True)
     training = recipe.training.model_copy(update={"loss_kernel": kernel, "cpu_compute_dtype": cpu_dtype})
     return recipe.model_copy(update={"training": training})
 
